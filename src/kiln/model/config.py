@@ -1,0 +1,159 @@
+"""The typed model config, its validation, parameter counts and FLOPs per token.
+
+Every architectural choice of the transformer is a field here; `kiln.model.transformer` only reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from kiln.errors import KilnError
+
+NormKind = Literal["rmsnorm", "layernorm"]
+BlockLayout = Literal["reordered", "prenorm"]
+QKNorm = Literal["none", "full", "per_head"]
+MLPKind = Literal["swiglu", "gelu", "relu"]
+InitScheme = Literal["normal", "mitchell", "scaled_embed"]
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "norm": ("rmsnorm", "layernorm"),
+    "block": ("reordered", "prenorm"),
+    "qk_norm": ("none", "full", "per_head"),
+    "mlp": ("swiglu", "gelu", "relu"),
+    "init": ("normal", "mitchell", "scaled_embed"),
+}
+
+VOCAB_MULTIPLE = 128
+
+
+class ConfigError(KilnError, ValueError):
+    """A config value that cannot build a model; the message names the field and the valid values."""
+
+
+@dataclass
+class ModelConfig:
+    """One decoder-only transformer. Defaults are OLMo 2's choices (OLMo 2 tech report, Table 1)."""
+
+    vocab_size: int = 100278
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None
+    d_ff: int = 1024
+    max_seq_len: int = 4096
+    norm: NormKind = "rmsnorm"
+    norm_eps: float = 1e-6
+    norm_affine: bool = True
+    norm_bias: bool = False
+    block: BlockLayout = "reordered"
+    qk_norm: QKNorm = "full"
+    clip_qkv: float | None = None
+    rope_theta: float = 500_000.0
+    mlp: MLPKind = "swiglu"
+    bias: bool = False
+    tie_embeddings: bool = False
+    init: InitScheme = "normal"
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Embedding rows: the vocabulary rounded up to a multiple of 128, for efficient matmuls."""
+        return math.ceil(self.vocab_size / VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+    def validate(self) -> None:
+        for name, valid in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in valid:
+                raise ConfigError(f"model.{name}={value!r} is not one of {', '.join(valid)}")
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}"
+            )
+        if self.kv_heads <= 0 or self.n_heads % self.kv_heads:
+            raise ConfigError(
+                f"model.n_heads={self.n_heads} is not divisible by model.n_kv_heads={self.n_kv_heads}"
+            )
+        if self.head_dim % 2:
+            raise ConfigError(f"head dimension {self.head_dim} must be even for RoPE")
+        if self.clip_qkv is not None and self.clip_qkv <= 0:
+            raise ConfigError(f"model.clip_qkv must be positive or null, got {self.clip_qkv}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Build from a dict, refusing unknown keys with a close-match suggestion."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise ConfigError(f"unknown model config key {key!r}{hint}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def norm_param_count(cfg: ModelConfig, dim: int) -> int:
+    if not cfg.norm_affine:
+        return 0
+    return dim * (2 if cfg.norm == "layernorm" and cfg.norm_bias else 1)
+
+
+def layer_param_count(cfg: ModelConfig) -> int:
+    """Parameters of one transformer block."""
+    d, hd = cfg.d_model, cfg.head_dim
+    q_out, kv_out = cfg.n_heads * hd, cfg.kv_heads * hd
+    attn = d * (q_out + 2 * kv_out) + q_out * d
+    if cfg.bias:
+        attn += q_out + 2 * kv_out + d
+    if cfg.qk_norm == "full":
+        attn += norm_param_count(cfg, q_out) + norm_param_count(cfg, kv_out)
+    elif cfg.qk_norm == "per_head":
+        attn += 2 * norm_param_count(cfg, hd)
+    n_in = 2 if cfg.mlp == "swiglu" else 1
+    mlp = n_in * d * cfg.d_ff + cfg.d_ff * d
+    if cfg.bias:
+        mlp += n_in * cfg.d_ff + d
+    return attn + mlp + 2 * norm_param_count(cfg, d)
+
+
+def param_counts(cfg: ModelConfig) -> dict[str, int]:
+    """Total, embedding and non-embedding parameter counts (embeddings include the untied output head)."""
+    embed = cfg.padded_vocab_size * cfg.d_model
+    head = 0 if cfg.tie_embeddings else embed
+    body = cfg.n_layers * layer_param_count(cfg) + norm_param_count(cfg, cfg.d_model)
+    return {"total": embed + head + body, "embedding": embed + head, "non_embedding": body}
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> int:
+    """Training FLOPs per token (forward + backward): 6 * N_matmul + 12 * L * d * T.
+
+    N_matmul counts every weight used in a matmul (blocks and output head, not the embedding lookup); the
+    second term is attention's QK^T and AV products at context T. This is the estimate of PaLM (Chowdhery et
+    al., 2022, Appendix B), which counts the full T x T score matrix even under a causal mask.
+    """
+    seq_len = seq_len or cfg.max_seq_len
+    matmul_params = cfg.n_layers * layer_param_count(cfg) + cfg.padded_vocab_size * cfg.d_model
+    attention = 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
+    return 6 * matmul_params + attention

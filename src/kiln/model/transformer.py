@@ -1,0 +1,214 @@
+"""The OLMo-family decoder-only transformer, top to bottom: norm -> rope -> attention -> mlp -> block -> model.
+
+Shapes: B batch, T new tokens, S keys (cache + new), H query heads, K key/value heads, D head dim, C width.
+No parallelism lives here; `kiln.distributed` wraps this module from the outside.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kiln.model.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in fp32 whatever the activation dtype, as OLMo 2 does."""
+
+    def __init__(self, dim: int, eps: float, affine: bool = True) -> None:
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        return F.rms_norm(x.float(), (self.dim,), weight, self.eps).to(x.dtype)
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm in fp32; with affine=False it is OLMo 1's non-parametric norm."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+
+
+def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(dim, cfg.norm_eps, affine=cfg.norm_affine)
+    return LayerNorm(dim, eps=cfg.norm_eps, elementwise_affine=cfg.norm_affine, bias=cfg.norm_bias)
+
+
+def rope_tables(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos and sin of shape (B, T, 1, D) for integer positions (B, T); halves layout (GPT-NeoX, HF)."""
+    inv_freq = theta ** -(torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.float()[..., None] * inv_freq  # (B, T, D/2)
+    angles = torch.cat((angles, angles), dim=-1)[:, :, None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate (B, T, heads, D) by position; computed in fp32 and cast back."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x.float() * cos + rotated * sin).to(x.dtype)
+
+
+class KVCache:
+    """Keys and values of every layer for incremental decoding, preallocated to `max_len` positions."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device=None, dtype=torch.float32) -> None:
+        shape = (cfg.n_layers, batch, cfg.kv_heads, max_len, cfg.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # positions already filled, shared by all layers
+        self.max_len = max_len
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store (B, K, T, D) new keys/values at the current length and return all keys/values so far."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {end} were asked for")
+        self.keys[layer, :, :, self.length:end] = k
+        self.values[layer, :, :, self.length:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        hd = cfg.head_dim
+        self.q_dim, self.kv_dim = cfg.n_heads * hd, cfg.kv_heads * hd
+        self.qkv = nn.Linear(cfg.d_model, self.q_dim + 2 * self.kv_dim, bias=cfg.bias)
+        self.out = nn.Linear(self.q_dim, cfg.d_model, bias=cfg.bias)
+        self.q_norm = self.k_norm = None
+        if cfg.qk_norm == "full":  # OLMo 2: one norm over all heads of the projection
+            self.q_norm, self.k_norm = make_norm(cfg, self.q_dim), make_norm(cfg, self.kv_dim)
+        elif cfg.qk_norm == "per_head":
+            self.q_norm, self.k_norm = make_norm(cfg, hd), make_norm(cfg, hd)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None,
+                cache: KVCache | None = None, layer: int = 0) -> Tensor:
+        cfg, (B, T, _) = self.cfg, x.shape
+        qkv = self.qkv(x)
+        if cfg.clip_qkv is not None:  # OLMo 1: clamp projections to tame activations
+            qkv = qkv.clamp(-cfg.clip_qkv, cfg.clip_qkv)
+        q, k, v = qkv.split((self.q_dim, self.kv_dim, self.kv_dim), dim=-1)
+        if cfg.qk_norm == "full":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(B, T, cfg.n_heads, cfg.head_dim)  # (B, T, H, D)
+        k = k.view(B, T, cfg.kv_heads, cfg.head_dim)  # (B, T, K, D)
+        v = v.view(B, T, cfg.kv_heads, cfg.head_dim)
+        if cfg.qk_norm == "per_head":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, K, S, D)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None and cache is None,
+            enable_gqa=cfg.kv_heads != cfg.n_heads,
+        )  # (B, H, T, D)
+        return self.out(y.transpose(1, 2).reshape(B, T, self.q_dim))
+
+
+class MLP(nn.Module):
+    """SwiGLU (gate and up projections fused in one matmul) or a plain GELU/ReLU MLP."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.kind = cfg.mlp
+        n_in = 2 if cfg.mlp == "swiglu" else 1
+        self.up = nn.Linear(cfg.d_model, n_in * cfg.d_ff, bias=cfg.bias)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.up(x)
+        if self.kind == "swiglu":
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        elif self.kind == "gelu":
+            h = F.gelu(h)
+        else:
+            h = F.relu(h)
+        return self.down(h)
+
+
+class Block(nn.Module):
+    """One layer, pre-norm (Llama, OLMo 1) or reordered norm (OLMo 2: norm on each sub-layer's output)."""
+
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer, self.reordered = layer, cfg.block == "reordered"
+        self.attn, self.mlp = Attention(cfg), MLP(cfg)
+        self.attn_norm, self.mlp_norm = make_norm(cfg, cfg.d_model), make_norm(cfg, cfg.d_model)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None,
+                cache: KVCache | None = None) -> Tensor:
+        if self.reordered:
+            h = x + self.attn_norm(self.attn(x, rope, mask, cache, self.layer))
+            return h + self.mlp_norm(self.mlp(h))
+        h = x + self.attn(self.attn_norm(x), rope, mask, cache, self.layer)
+        return h + self.mlp(self.mlp_norm(h))
+
+
+def attention_mask(T: int, start: int, doc_ids: Tensor | None, pad_mask: Tensor | None,
+                   device: torch.device) -> Tensor | None:
+    """Boolean (B|1, 1, T, S) mask, True where a query may attend; None means plain causal attention.
+
+    Each query always sees itself, so a left-padding query never gets an all-masked row (NaN in SDPA).
+    """
+    if doc_ids is None and pad_mask is None and start == 0:
+        return None
+    q_pos = torch.arange(start, start + T, device=device)
+    k_pos = torch.arange(start + T, device=device)
+    mask = (k_pos[None, :] <= q_pos[:, None])[None, None]  # (1, 1, T, S)
+    if pad_mask is not None:
+        mask = mask & pad_mask[:, None, None, :].bool()
+    if doc_ids is not None:
+        mask = mask & (doc_ids[:, None, :, None] == doc_ids[:, None, None, :])
+    return mask | (k_pos[None, :] == q_pos[:, None])[None, None]
+
+
+class Transformer(nn.Module):
+    """Token ids (B, T) -> logits (B, T, padded_vocab). Ids past `vocab_size` are padding, never targets."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = make_norm(cfg, cfg.d_model)
+        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.padded_vocab_size, bias=False)
+        if self.embed.weight.device.type != "meta":
+            from kiln.model.init import init_weights
+
+            init_weights(self)
+
+    def forward(self, input_ids: Tensor, *, doc_ids: Tensor | None = None, pad_mask: Tensor | None = None,
+                cache: KVCache | None = None) -> Tensor:
+        """`doc_ids` (B, T) keeps attention inside documents; `pad_mask` (B, cache + T) marks real tokens."""
+        B, T = input_ids.shape
+        start = cache.length if cache is not None else 0
+        if doc_ids is not None and cache is not None:
+            raise ValueError("intra-document masking is for training; it cannot be combined with a KV cache")
+        positions = self._positions(B, T, start, pad_mask, input_ids.device)
+        rope = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
+        mask = attention_mask(T, start, doc_ids, pad_mask, input_ids.device)
+        x = self.embed(input_ids)  # (B, T, C)
+        for block in self.blocks:
+            x = block(x, rope, mask, cache)
+        if cache is not None:
+            cache.length += T
+        x = self.norm(x)
+        return self.head(x) if self.head is not None else F.linear(x, self.embed.weight)
+
+    @staticmethod
+    def _positions(B: int, T: int, start: int, pad_mask: Tensor | None, device: torch.device) -> Tensor:
+        """Positions count real tokens only, so a left-padded prompt starts at position 0."""
+        if pad_mask is None:
+            return torch.arange(start, start + T, device=device).expand(B, T)
+        return (pad_mask.long().cumsum(-1) - 1).clamp(min=0)[:, start:start + T]
