@@ -12,11 +12,16 @@ from kiln.errors import KilnError
 # `func(args)` returns the exit code.
 COMMAND_MODULES = [
     "kiln.model.commands",
+    "kiln.data.commands",
+    "kiln.train.commands",
+    "kiln.hf.commands",
+    "kiln.generate.commands",
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kiln", description="Open pretraining of OLMo-family language models.")
+    parser = argparse.ArgumentParser(prog="kiln", description="Open pretraining of OLMo-family language models.",
+                                     epilog="Run `kiln COMMAND --help` for a command's options.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
@@ -27,8 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     if not argv:
-        argv = ["train"] if "train" in parser._subparsers._group_actions[0].choices else ["--help"]
-    args = parser.parse_args(argv)
+        parser.print_help()
+        return 0
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
     try:
         return int(args.func(args) or 0)
     except KilnError as err:

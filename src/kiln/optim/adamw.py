@@ -1,0 +1,53 @@
+"""AdamW whose weight decay skips embeddings (OLMo 2), and optionally norms and biases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3
+    betas: tuple[float, float] = (0.9, 0.95)  # OLMo 2
+    eps: float = 1e-8  # OLMo 2
+    weight_decay: float = 0.1
+    decay_embeddings: bool = False  # OLMo 2: no weight decay on embeddings
+    decay_norms: bool = False
+    decay_biases: bool = False
+    grad_clip: float | None = 1.0
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, (nn.LayerNorm,)) or type(module).__name__.endswith("Norm")
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Two groups, decayed and not decayed, each parameter in exactly one; the names go along for logging."""
+    decay, no_decay = [], []
+    for module_name, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            if isinstance(module, nn.Embedding):
+                wants_decay = cfg.decay_embeddings
+            elif _is_norm(module):
+                wants_decay = cfg.decay_norms
+            elif name == "bias":
+                wants_decay = cfg.decay_biases
+            else:
+                wants_decay = True
+            full_name = f"{module_name}.{name}" if module_name else name
+            (decay if wants_decay else no_decay).append((full_name, param))
+    return [
+        {"params": [p for _, p in decay], "names": [n for n, _ in decay], "weight_decay": cfg.weight_decay},
+        {"params": [p for _, p in no_decay], "names": [n for n, _ in no_decay], "weight_decay": 0.0},
+    ]
+
+
+def build_adamw(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over `param_groups`; the foreach implementation, which is deterministic on CPU."""
+    groups = [g for g in param_groups(model, cfg) if g["params"]]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, foreach=True)

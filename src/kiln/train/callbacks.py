@@ -1,0 +1,202 @@
+"""Small stateful callbacks around the training loop: evaluation, checkpoints, metrics, progress, samples."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kiln.errors import KilnError
+from kiln.train.checkpointing import list_checkpoints, prune_checkpoints, save_checkpoint
+from kiln.train.trainer import NonFiniteLoss, Trainer
+
+log = logging.getLogger("kiln.train")
+
+
+class Callback:
+    """No-op hooks; subclasses override what they need."""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        pass
+
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        pass
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        pass
+
+
+class Evaluator(Callback):
+    """Every `every` steps and at the end: validation loss, perplexity and bits per byte on held-out documents."""
+
+    def __init__(self, val_loader, token_bytes: np.ndarray, every: int, max_batches: int) -> None:
+        self.val_loader, self.every, self.max_batches = val_loader, every, max_batches
+        self.token_bytes = torch.as_tensor(token_bytes, dtype=torch.float64)
+        self.last: dict[str, float] = {}
+
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        step = trainer.state.step
+        if (self.every and step % self.every == 0) or step == trainer.cfg.trainer.steps:
+            self.last = self.evaluate(trainer)
+            metrics.update(self.last)
+
+    @torch.no_grad()
+    def evaluate(self, trainer: Trainer) -> dict[str, float]:
+        model = trainer.model
+        model.eval()
+        nats = tokens = n_bytes = 0.0
+        for i, batch in enumerate(self.val_loader):
+            if i >= self.max_batches:
+                break
+            labels = batch.labels.to(trainer.device)
+            with trainer.autocast():
+                logits = model(batch.input_ids.to(trainer.device))
+            nats += F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
+                                    reduction="sum").item()
+            keep = labels.flatten() != -100
+            tokens += int(keep.sum())
+            n_bytes += float(self.token_bytes[labels.flatten()[keep].cpu()].sum())
+        model.train()
+        if tokens == 0:
+            raise KilnError("the validation split is empty; raise data.val_fraction or use more data")
+        loss = nats / tokens
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_bpb": nats / math.log(2) / max(n_bytes, 1)}
+
+
+class Checkpointer(Callback):
+    """Saves every `every` steps and at the end, keeps the last `keep_last`; names the last good one on NaN."""
+
+    def __init__(self, run_dir: Path, every: int, keep_last: int, save_final: bool, loader, tokenizer,
+                 config_yaml: str, stateful: dict[str, Any]) -> None:
+        self.run_dir, self.every, self.keep_last, self.save_final = run_dir, every, keep_last, save_final
+        self.loader, self.tokenizer, self.config_yaml, self.stateful = loader, tokenizer, config_yaml, stateful
+
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        step = trainer.state.step
+        if self.every and step % self.every == 0 and step != trainer.cfg.trainer.steps:
+            self.save(trainer)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self.save_final:
+            self.save(trainer)
+
+    def save(self, trainer: Trainer) -> Path:
+        state = {"step": trainer.state.step, "tokens": trainer.state.tokens, "loader": self.loader.state_dict(),
+                 "callbacks": {name: cb.state_dict() for name, cb in self.stateful.items()}}
+        path = save_checkpoint(self.run_dir, trainer.state.step, trainer.model, trainer.optimizer, state,
+                               self.tokenizer, self.config_yaml)
+        prune_checkpoints(self.run_dir, self.keep_last)
+        log.info("saved checkpoint %s", path)
+        return path
+
+    def last_good(self) -> str:
+        found = list_checkpoints(self.run_dir)
+        return str(found[-1]) if found else "none (no checkpoint was written yet)"
+
+
+class MetricsWriter(Callback):
+    """One JSON line per step in RUN/metrics.jsonl (and TensorBoard events as an option)."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.tensorboard, self.writer = tensorboard, None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._drop_lines_after(trainer.state.step)
+        if self.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:
+                raise KilnError("logging.tensorboard needs the tensorboard package: pip install tensorboard") from err
+            self.writer = SummaryWriter(str(self.path.parent / "tensorboard"), purge_step=trainer.state.step + 1)
+
+    def _drop_lines_after(self, step: int) -> None:
+        """After a resume, steps past the checkpoint will be logged again; drop their old lines."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if self.writer is not None:
+            for key, value in metrics.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, metrics["step"])
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Progress(Callback):
+    """A live bar (ETA, loss, tokens/s) on a terminal; plain log lines every `log_every` steps otherwise."""
+
+    def __init__(self, mode: str, log_every: int) -> None:
+        self.bar_wanted = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
+        self.log_every, self.bar = log_every, None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if self.bar_wanted:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=trainer.cfg.trainer.steps, initial=trainer.state.step, unit="step",
+                            dynamic_ncols=True)
+
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        if "val_loss" in metrics:
+            self._write(f"step {metrics['step']}: val_loss {metrics['val_loss']:.4f} "
+                        f"val_ppl {metrics['val_ppl']:.2f} val_bpb {metrics['val_bpb']:.4f}")
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+            self.bar.update(1)
+        elif metrics["step"] % self.log_every == 0 or metrics["step"] == trainer.cfg.trainer.steps:
+            mfu = f" mfu {metrics['mfu']:.1%}" if "mfu" in metrics else ""
+            self._write(f"step {metrics['step']}/{trainer.cfg.trainer.steps} loss {metrics['loss']:.4f} "
+                        f"z {metrics['z_loss']:.2e} grad_norm {metrics['grad_norm']:.3f} lr {metrics['lr']:.2e} "
+                        f"tokens {metrics['tokens']:,} tok/s {metrics['tokens_per_s']:,.0f}{mfu}")
+
+    def _write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Sampler(Callback):
+    """At the end of training, a few generated continuations in the log (and RUN/samples.txt)."""
+
+    def __init__(self, run_dir: Path, tokenizer, prompts: list[str], n: int, max_new_tokens: int, seed: int) -> None:
+        self.run_dir, self.tokenizer, self.prompts = run_dir, tokenizer, prompts[:n]
+        self.max_new_tokens, self.seed = max_new_tokens, seed
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        from kiln.data.tokenizer import eos_id
+        from kiln.generate import generate
+
+        if not self.prompts:
+            return
+        prompts = [self.tokenizer.encode(p).ids for p in self.prompts]
+        outputs = generate(trainer.model, prompts, max_new_tokens=self.max_new_tokens, temperature=0.8, top_k=50,
+                           eos_id=eos_id(self.tokenizer), seed=self.seed)
+        texts = [p + self.tokenizer.decode(o) for p, o in zip(self.prompts, outputs, strict=True)]
+        (self.run_dir / "samples.txt").write_text("\n\n---\n\n".join(texts) + "\n")
+        for text in texts:
+            print(f"--- sample ---\n{text}", flush=True)
+
+
+def describe_nan(err: NonFiniteLoss, checkpointer: Checkpointer | None) -> str:
+    last = checkpointer.last_good() if checkpointer else "none"
+    return f"{err}; the last good checkpoint is {last}"

@@ -1,0 +1,129 @@
+"""Training checkpoints: one folder per step, written under a temporary name and renamed when complete.
+
+    RUN/step000200/
+        dcp/                 model + optimizer in torch.distributed.checkpoint format (sharded states fit too)
+        model.json           model config        } the kiln model directory of `kiln.checkpoint`, so
+        model.safetensors    model weights       } from_pretrained, `kiln export hf` and `kiln generate`
+        tokenizer.json       the data's tokenizer} accept a step folder (or the run folder) directly
+        train_state.json     step, tokens, data-loader and callback states
+        rng.pt               torch / numpy / python RNG states
+        config.yaml          the resolved experiment config
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from kiln.checkpoint import WEIGHTS_FILE, read_model_config, save_model_dir
+from kiln.errors import KilnError
+from kiln.model.config import ModelConfig
+
+STATE_FILE = "train_state.json"
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / f"step{step:06d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first; a folder counts only once its rename has happened."""
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.glob("step*") if p.is_dir() and p.name[4:].isdigit() and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[4:]))
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    train_state: dict[str, Any], tokenizer=None, config_yaml: str = "") -> Path:
+    """Write the checkpoint of `step`; on any OS error (a full disk) remove the partial folder and say so."""
+    final = step_dir(run_dir, step)
+    tmp = run_dir / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+        dcp.save(state, checkpoint_id=str(tmp / "dcp"))
+        save_model_dir(model, tmp, tokenizer)
+        torch.save(rng_state(), tmp / "rng.pt")
+        (tmp / "config.yaml").write_text(config_yaml)
+        (tmp / STATE_FILE).write_text(json.dumps(train_state, indent=1))
+        _fsync_tree(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = ", ".join(p.name for p in list_checkpoints(run_dir)) or "none"
+        raise KilnError(f"could not write checkpoint {final}: {err}. Earlier checkpoints are intact: {kept}") from err
+    return final
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
+    for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_same_shape(path: Path, cfg: ModelConfig, model: nn.Module) -> None:
+    """Refuse to resume into a model whose tensors differ from the checkpoint's, naming them."""
+    from safetensors import safe_open
+
+    saved_cfg = read_model_config(path)
+    if saved_cfg == cfg:
+        return
+    with safe_open(str(path / WEIGHTS_FILE), framework="pt") as f:
+        saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    current = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    diffs = [f"{k}: checkpoint {saved.get(k, 'absent')} vs model {current.get(k, 'absent')}"
+             for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    changed = [f"{k}: {getattr(saved_cfg, k)!r} -> {getattr(cfg, k)!r}"
+               for k in cfg.to_dict() if getattr(saved_cfg, k) != getattr(cfg, k)]
+    detail = "; ".join(diffs[:20]) if diffs else "no tensor shape differs"
+    raise KilnError(f"cannot resume from {path}: the model changed ({', '.join(changed)}). Tensors: {detail}")
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Load model, optimizer and RNG states in place; return the saved train state."""
+    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+    dcp.load(state, checkpoint_id=str(path / "dcp"))
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, optimizer, state["optim"])
+    set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+    return json.loads((path / STATE_FILE).read_text())

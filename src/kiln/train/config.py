@@ -1,0 +1,126 @@
+"""The experiment config: model, data, optimizer, schedule, trainer, checkpointing, evaluation and logging.
+
+The defaults are the main job: a tiny OLMo 2 model on the built-in corpus, about ten minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from kiln.config import ConfigKeyError, from_dict, load_yaml, merge, parse_overrides, to_dict
+from kiln.model.config import ModelConfig
+from kiln.model.presets import PRESETS, preset
+from kiln.optim.adamw import OptimConfig
+from kiln.optim.schedule import ScheduleConfig
+
+
+@dataclass
+class ModelSection:
+    """A preset plus field overrides; `vocab_size` defaults to the data's tokenizer."""
+
+    preset: str = "olmo2-tiny"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, vocab_size: int) -> ModelConfig:
+        return preset(self.preset, **{"vocab_size": vocab_size, **self.overrides})
+
+
+@dataclass
+class DataConfig:
+    paths: list[str] = field(default_factory=list)  # prepared dataset folders; empty = the built-in corpus
+    weights: list[float] | None = None  # mixture weights, one per path
+    seq_len: int = 256
+    val_fraction: float = 0.05
+    repeat_filter: bool = True  # OLMo 2's repeated n-gram filter
+    intra_doc_masking: bool = False
+
+
+@dataclass
+class TrainerConfig:
+    run_dir: str = "runs/main"
+    steps: int = 600
+    micro_batch_size: int = 16
+    grad_accum: int = 1
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
+    precision: Literal["fp32", "bf16"] = "fp32"
+    z_loss: float = 1e-5  # OLMo 2, Chameleon
+    compile: bool = False
+    activation_checkpointing: bool = False
+    peak_flops: float | None = None  # per device, for MFU; measured on CPU when unset
+    log_every: int = 10
+    threads: int | None = None  # torch intra-op threads on CPU; default all cores
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 200
+    keep_last: int = 2
+    save_final: bool = True
+
+
+@dataclass
+class EvalConfig:
+    every: int = 100
+    max_batches: int = 20
+    samples: int = 2
+    sample_tokens: int = 48
+    prompts: list[str] = field(default_factory=lambda: ["ROMEO:", "To be, or not to be"])
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = False
+    progress: Literal["auto", "bar", "lines"] = "auto"
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Per data-parallel rank."""
+        return self.trainer.micro_batch_size * self.trainer.grad_accum * self.data.seq_len
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def _normalise_model_section(raw: dict[str, Any]) -> None:
+    """The model section takes `preset` plus any ModelConfig field, each checked like every other key."""
+    model = raw.get("model")
+    if model is None:
+        return
+    if not isinstance(model, dict):
+        raise ConfigKeyError(f"model must be a mapping, got {model!r}")
+    model = dict(model)
+    name = model.pop("preset", ModelSection.preset)
+    overrides = {**model.pop("overrides", {}), **model}
+    preset(name)  # an unknown preset raises with the list of valid ones
+    from_dict(ModelConfig, {**PRESETS[name], **overrides}, prefix="model.")
+    raw["model"] = {"preset": name, "overrides": overrides}
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults <- recipe YAML <- dotted overrides, with every key and type checked."""
+    raw = load_yaml(recipe) if recipe else {}
+    extra = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
+    raw = merge(raw, extra)
+    _normalise_model_section(raw)
+    return from_dict(TrainConfig, raw)
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,150 @@
+"""The entry point of a training run: build -> maybe load checkpoint -> fit."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from kiln.data.dataset import TokenDataset
+from kiln.data.loader import InstanceLoader, RepeatFilterConfig
+from kiln.data.tokenizer import check_same_tokenizer, token_byte_lengths, tokenizer_hash
+from kiln.errors import KilnError
+from kiln.model.config import ModelConfig, flops_per_token
+from kiln.model.transformer import Transformer
+from kiln.optim.adamw import build_adamw
+from kiln.train import callbacks as cbs
+from kiln.train.checkpointing import check_same_shape, list_checkpoints, load_checkpoint
+from kiln.train.config import TrainConfig
+from kiln.train.flops import peak_flops
+from kiln.train.trainer import NonFiniteLoss, Trainer
+
+log = logging.getLogger("kiln.train")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise KilnError(f"trainer.device={name!r} but no CUDA device is available; use cpu or auto")
+    return device
+
+
+def open_datasets(cfg: TrainConfig) -> list[TokenDataset]:
+    """The configured prepared datasets (all sharing one tokenizer), or the built-in corpus."""
+    if not cfg.data.paths:
+        from kiln.data.prepare import builtin_dataset
+
+        return [TokenDataset.open(builtin_dataset())]
+    datasets = [TokenDataset.open(Path(p)) for p in cfg.data.paths]
+    first = datasets[0]
+    for other in datasets[1:]:
+        check_same_tokenizer(tokenizer_hash(first.tokenizer), other.tokenizer, f"dataset {other.path}")
+    return datasets
+
+
+def build_model_config(cfg: TrainConfig, data_vocab: int) -> ModelConfig:
+    """The model's vocabulary must cover every id of the data's tokenizer."""
+    model_cfg = cfg.model.build(vocab_size=cfg.model.overrides.get("vocab_size", data_vocab))
+    if model_cfg.vocab_size < data_vocab:
+        raise KilnError(f"model.vocab_size={model_cfg.vocab_size} is smaller than the data tokenizer's vocabulary "
+                        f"({data_vocab}); remove the override or set it to at least {data_vocab}")
+    return model_cfg
+
+
+@dataclass
+class Run:
+    """Everything a run is made of, built but not started."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    model: Transformer
+    trainer: Trainer
+    train_loader: InstanceLoader
+    checkpointer: cbs.Checkpointer
+    resumed_from: Path | None
+
+
+def build_run(cfg: TrainConfig, resume: bool | None = None, world_size: int = 1, rank: int = 0) -> Run:
+    """`resume=None` continues from the newest checkpoint when the run folder has one; True demands one."""
+    tc = cfg.trainer
+    device = pick_device(tc.device)
+    if device.type == "cpu" and tc.threads:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed)
+    run_dir = Path(tc.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    datasets = open_datasets(cfg)
+    tokenizer = datasets[0].tokenizer
+    model_cfg = build_model_config(cfg, datasets[0].vocab_size)
+    model = Transformer(model_cfg).to(device)
+    if tc.activation_checkpointing:
+        from kiln.train.wrapping import apply_activation_checkpointing
+
+        apply_activation_checkpointing(model)
+    optimizer = build_adamw(model, cfg.optim)
+    loader_args = dict(seq_len=cfg.data.seq_len, batch_size=tc.micro_batch_size, seed=tc.seed, rank=rank,
+                       world_size=world_size, val_fraction=cfg.data.val_fraction, weights=cfg.data.weights,
+                       repeat_filter=RepeatFilterConfig(enabled=cfg.data.repeat_filter))
+    train_loader = InstanceLoader(datasets, split="train", **loader_args)
+    val_loader = InstanceLoader(datasets, split="val", **loader_args)
+
+    config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    (run_dir / "config.yaml").write_text(config_yaml)
+    evaluator = cbs.Evaluator(val_loader, token_byte_lengths(tokenizer, model_cfg.padded_vocab_size),
+                              cfg.eval.every, cfg.eval.max_batches)
+    checkpointer = cbs.Checkpointer(run_dir, cfg.checkpoint.every, cfg.checkpoint.keep_last,
+                                    cfg.checkpoint.save_final, train_loader, tokenizer, config_yaml, stateful={})
+    callbacks = [evaluator, checkpointer]
+    if rank == 0:
+        callbacks += [cbs.MetricsWriter(run_dir, cfg.logging.tensorboard),
+                      cbs.Progress(cfg.logging.progress, tc.log_every),
+                      cbs.Sampler(run_dir, tokenizer, cfg.eval.prompts, cfg.eval.samples, cfg.eval.sample_tokens,
+                                  tc.seed)]
+    trainer = Trainer(cfg, model, optimizer, iter(train_loader), device, callbacks,
+                      flops_per_token(model_cfg, cfg.data.seq_len), peak_flops(device, tc.precision, tc.peak_flops),
+                      world_size)
+    resumed_from = maybe_resume(run_dir, resume, model_cfg, tokenizer, trainer, train_loader)
+    if tc.compile:
+        trainer.model = torch.compile(model)
+    return Run(cfg, run_dir, model, trainer, train_loader, checkpointer, resumed_from)
+
+
+def maybe_resume(run_dir: Path, resume: bool | None, model_cfg: ModelConfig, tokenizer, trainer: Trainer,
+                 loader: InstanceLoader) -> Path | None:
+    found = list_checkpoints(run_dir)
+    if not found:
+        if resume:
+            raise KilnError(f"--resume was given but {run_dir} holds no complete checkpoint")
+        return None
+    path = found[-1]
+    check_same_shape(path, model_cfg, trainer.model)
+    from kiln.checkpoint import load_checkpoint_tokenizer
+
+    saved_tok = load_checkpoint_tokenizer(path)
+    if saved_tok is not None:
+        check_same_tokenizer(tokenizer_hash(saved_tok), tokenizer, f"the data of resumed run {run_dir}")
+    state = load_checkpoint(path, trainer.model, trainer.optimizer)
+    trainer.state.step, trainer.state.tokens = state["step"], state["tokens"]
+    loader.load_state_dict(state["loader"])
+    trainer.batches = iter(loader)
+    log.info("resumed from %s at step %d", path, state["step"])
+    return path
+
+
+def train(cfg: TrainConfig, resume: bool | None = None) -> Run:
+    """Build the run and fit it; a NaN loss stops it naming the last good checkpoint."""
+    run = build_run(cfg, resume)
+    where = f"resuming {run.resumed_from}" if run.resumed_from else "from scratch"
+    print(f"kiln train: {run.model.cfg.n_layers}-layer model, {sum(p.numel() for p in run.model.parameters()):,} "
+          f"parameters, {cfg.trainer.steps} steps of {cfg.tokens_per_step:,} tokens, run folder {run.run_dir} "
+          f"({where})", flush=True)
+    try:
+        run.trainer.fit()
+    except NonFiniteLoss as err:
+        raise NonFiniteLoss(cbs.describe_nan(err, run.checkpointer)) from None
+    return run

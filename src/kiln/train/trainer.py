@@ -1,0 +1,129 @@
+"""The training loop. Everything that is not forward/backward/step is a callback (`kiln.train.callbacks`)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kiln.errors import KilnError
+from kiln.optim.schedule import lr_multiplier
+from kiln.train.config import TrainConfig
+
+
+class Callback(Protocol):
+    def on_fit_start(self, trainer: Trainer) -> None: ...
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None: ...
+    def on_fit_end(self, trainer: Trainer) -> None: ...
+
+
+class NonFiniteLoss(KilnError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    tokens: int = 0
+
+
+def loss_terms(logits: Tensor, labels: Tensor, n_targets: int, z_weight: float) -> tuple[Tensor, Tensor]:
+    """Summed cross-entropy and z-loss (z_weight * logsumexp^2) over the targets, divided by `n_targets`.
+
+    Dividing by the step's total target count, not each micro-batch's, weights every token equally under
+    gradient accumulation. The z-loss (PaLM; OLMo 2 and Chameleon use 1e-5) keeps the softmax normaliser near 1.
+    """
+    logits = logits.float().flatten(0, 1)
+    labels = labels.flatten()
+    ce = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum") / n_targets
+    if z_weight == 0:
+        return ce, torch.zeros((), device=logits.device)
+    keep = labels != -100
+    z = torch.logsumexp(logits[keep], dim=-1).pow(2).sum() * z_weight / n_targets
+    return ce, z
+
+
+class Trainer:
+    """Runs `cfg.trainer.steps` optimizer steps, each over `grad_accum` micro-batches."""
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 batches: Iterator, device: torch.device, callbacks: list[Callback], flops_per_token: int,
+                 peak_flops: float | None = None, world_size: int = 1) -> None:
+        self.cfg, self.model, self.optimizer, self.batches = cfg, model, optimizer, batches
+        self.device, self.callbacks, self.world_size = device, callbacks, world_size
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+        self.state = TrainState()
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+
+    @property
+    def total(self) -> int:
+        """Length of the run in the schedule's units."""
+        steps = self.cfg.trainer.steps
+        return steps if self.cfg.schedule.units == "steps" else steps * self.cfg.tokens_per_step * self.world_size
+
+    def fit(self) -> None:
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        while self.state.step < self.cfg.trainer.steps:
+            start = time.perf_counter()
+            micro_batches = [next(self.batches) for _ in range(self.cfg.trainer.grad_accum)]
+            metrics = self.train_step(micro_batches)
+            metrics["step_time"] = time.perf_counter() - start
+            metrics.update(self.throughput(metrics["step_time"]))
+            for cb in self.callbacks:
+                cb.on_step_end(self, metrics)
+        for cb in self.callbacks:
+            cb.on_fit_end(self)
+
+    def train_step(self, micro_batches: list) -> dict[str, Any]:
+        tokens_this_step = sum(b.input_ids.numel() for b in micro_batches) * self.world_size
+        progress = self.state.step + 1 if self.cfg.schedule.units == "steps" else self.state.tokens + tokens_this_step
+        lr = self.set_lr(lr_multiplier(self.cfg.schedule, progress, self.total))
+        n_targets = max(sum(int((b.labels != -100).sum()) for b in micro_batches), 1)
+        ce_sum = z_sum = 0.0
+        for batch in micro_batches:
+            ce, z = self.forward_loss(batch, n_targets)
+            (ce + z).backward()
+            ce_sum, z_sum = ce_sum + ce.item(), z_sum + z.item()
+        if not math.isfinite(ce_sum + z_sum):
+            raise NonFiniteLoss(f"loss is {ce_sum + z_sum} at step {self.state.step + 1}")
+        clip = self.cfg.optim.grad_clip or math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.state.tokens += tokens_this_step
+        return {"step": self.state.step, "loss": ce_sum, "z_loss": z_sum, "grad_norm": grad_norm, "lr": lr,
+                "tokens": self.state.tokens}
+
+    def forward_loss(self, batch, n_targets: int) -> tuple[Tensor, Tensor]:
+        input_ids = batch.input_ids.to(self.device, non_blocking=True)
+        labels = batch.labels.to(self.device, non_blocking=True)
+        doc_ids = batch.doc_ids.to(self.device) if self.cfg.data.intra_doc_masking else None
+        with self.autocast():
+            logits = self.model(input_ids, doc_ids=doc_ids)
+        return loss_terms(logits, labels, n_targets, self.cfg.trainer.z_loss)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.cfg.trainer.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def set_lr(self, multiplier: float) -> float:
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * multiplier
+        return self.base_lrs[0] * multiplier
+
+    def throughput(self, step_time: float) -> dict[str, float]:
+        tokens_per_s = self.cfg.tokens_per_step / step_time  # per device
+        out = {"tokens_per_s": tokens_per_s * self.world_size}
+        if self.peak_flops:
+            out["mfu"] = self.flops_per_token * tokens_per_s / self.peak_flops
+        return out
