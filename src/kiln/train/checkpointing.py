@@ -16,6 +16,8 @@ import json
 import os
 import random
 import shutil
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,14 @@ from kiln.errors import KilnError
 from kiln.model.config import ModelConfig
 
 STATE_FILE = "train_state.json"
+
+
+@contextmanager
+def _single_process_quiet():
+    """DCP warns that it assumes a single process when torch.distributed is not initialised; that is intended."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def step_dir(run_dir: Path, step: int) -> Path:
@@ -73,7 +83,8 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
     try:
         tmp.mkdir(parents=True)
         state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
-        dcp.save(state, checkpoint_id=str(tmp / "dcp"))
+        with _single_process_quiet():
+            dcp.save(state, checkpoint_id=str(tmp / "dcp"))
         save_model_dir(model, tmp, tokenizer)
         torch.save(rng_state(), tmp / "rng.pt")
         (tmp / "config.yaml").write_text(config_yaml)
@@ -122,7 +133,8 @@ def check_same_shape(path: Path, cfg: ModelConfig, model: nn.Module) -> None:
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Load model, optimizer and RNG states in place; return the saved train state."""
     state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
-    dcp.load(state, checkpoint_id=str(path / "dcp"))
+    with _single_process_quiet():
+        dcp.load(state, checkpoint_id=str(path / "dcp"))
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optim"])
     set_rng_state(torch.load(path / "rng.pt", weights_only=False))

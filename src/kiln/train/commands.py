@@ -12,7 +12,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train", help="train a model (no arguments: the tiny OLMo 2 model on the built-in corpus)",
         description="Train from a YAML recipe with dotted overrides, e.g. "
-        "kiln train recipes/tiny.yaml --optim.lr=1e-3. A run folder that already holds checkpoints is resumed from the newest.")
+        "kiln train recipes/tiny.yaml --optim.lr=1e-3. "
+        "A run folder that already holds checkpoints is resumed from the newest.")
     p.add_argument("recipe", nargs="?", help="YAML recipe (default: the built-in main job)")
     p.add_argument("--resume", action="store_true", help="require a checkpoint to resume from")
     p.set_defaults(func=run_train, accepts_overrides=True)

@@ -1,0 +1,208 @@
+import copy
+import errno
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kiln.data.loader import Batch
+from kiln.errors import KilnError
+from kiln.model import ModelConfig, Transformer
+from kiln.optim.adamw import OptimConfig, build_adamw
+from kiln.train import checkpointing
+from kiln.train.run import build_run, train
+from kiln.train.trainer import Trainer, loss_terms
+
+from .conftest import tiny_config
+
+
+def _weights(run_dir):
+    return load_file(str(checkpointing.list_checkpoints(run_dir)[-1] / "model.safetensors"))
+
+
+def _batch(ids: torch.Tensor, masked_rows=()) -> Batch:
+    labels = ids[:, 1:].clone()
+    for row in masked_rows:
+        labels[row] = -100
+    inputs = ids[:, :-1]
+    return Batch(inputs, labels, torch.zeros_like(inputs), torch.arange(len(ids)))
+
+
+def _bare_trainer(accum: int, micro: int) -> Trainer:
+    cfg = tiny_config("unused", "unused", trainer={"grad_accum": accum, "micro_batch_size": micro},
+                      optim={"grad_clip": None})
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=50, d_model=16, n_layers=1, n_heads=2, d_ff=32))
+    return Trainer(cfg, model, build_adamw(model, OptimConfig(lr=1e-2)), iter([]), torch.device("cpu"), [], 1)
+
+
+def test_grad_accumulation_weights_every_target_token_equally():
+    """Two micro-batches with different numbers of target tokens equal one batch holding both."""
+    torch.manual_seed(1)
+    ids = torch.randint(0, 50, (4, 9))
+    whole, split = _bare_trainer(1, 4), _bare_trainer(2, 2)
+    m1 = whole.train_step([_batch(ids, masked_rows=[0, 1, 2])])
+    m2 = split.train_step([_batch(ids[:2], masked_rows=[0, 1]), _batch(ids[2:], masked_rows=[0])])
+    assert m1["loss"] == pytest.approx(m2["loss"], rel=1e-6)
+    assert m1["grad_norm"] == pytest.approx(m2["grad_norm"], rel=1e-5)
+    for a, b in zip(whole.model.parameters(), split.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_z_loss_is_weight_times_mean_squared_log_normaliser():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 7) * 3
+    labels = torch.tensor([[1, 2, -100], [0, 6, 5]])
+    ce, z = loss_terms(logits, labels, n_targets=5, z_weight=1e-4)
+    rows = [(b, t) for b in range(2) for t in range(3) if labels[b, t] != -100]
+    lse = [math.log(sum(math.exp(v) for v in logits[b, t].tolist())) for b, t in rows]
+    expected_ce = sum(lse[i] - logits[b, t, labels[b, t]].item() for i, (b, t) in enumerate(rows)) / 5
+    assert ce.item() == pytest.approx(expected_ce, rel=1e-5)
+    assert z.item() == pytest.approx(1e-4 * sum(v * v for v in lse) / 5, rel=1e-5)
+
+
+def test_run_writes_metrics_checkpoints_and_samples(tiny_dataset, tmp_path):
+    run = train(tiny_config(tiny_dataset, tmp_path / "run"))
+    lines = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == list(range(1, 7))
+    for key in ("loss", "z_loss", "grad_norm", "lr", "tokens", "tokens_per_s", "mfu"):
+        assert all(key in m and math.isfinite(m[key]) for m in lines), key
+    assert lines[-1]["tokens"] == 6 * 4 * 32
+    assert [m["step"] for m in lines if "val_loss" in m] == [3, 6]
+    assert lines[-1]["val_ppl"] == pytest.approx(math.exp(lines[-1]["val_loss"]), rel=1e-6)
+    assert [p.name for p in checkpointing.list_checkpoints(run.run_dir)] == ["step000003", "step000006"]
+    step_dir = run.run_dir / "step000006"
+    for name in ("dcp", "model.json", "model.safetensors", "tokenizer.json", "train_state.json", "rng.pt",
+                 "config.yaml"):
+        assert (step_dir / name).exists(), name
+    assert json.loads((step_dir / "train_state.json").read_text())["step"] == 6
+    assert (run.run_dir / "samples.txt").read_text().startswith("The king")
+    assert (run.run_dir / "config.yaml").is_file()
+
+
+def test_training_reduces_validation_loss(tiny_dataset, tmp_path):
+    train(tiny_config(tiny_dataset, tmp_path / "run", trainer={"steps": 30}, eval={"every": 5},
+                      checkpoint={"every": 0}))
+    val = [m["val_loss"] for m in map(json.loads, (tmp_path / "run/metrics.jsonl").read_text().splitlines())
+           if "val_loss" in m]
+    assert val[-1] < val[0] - 1.0
+
+
+def test_same_seed_same_weights_different_seed_different(tiny_dataset, tmp_path):
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        train(tiny_config(tiny_dataset, tmp_path / name, trainer={"steps": 3, "seed": seed}))
+    a, b, c = (_weights(tmp_path / n) for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_resume_after_a_crash_is_bitwise_identical(tiny_dataset, tmp_path, monkeypatch):
+    train(tiny_config(tiny_dataset, tmp_path / "whole"))
+    cfg = tiny_config(tiny_dataset, tmp_path / "broken")
+    original = Trainer.train_step
+
+    def crash_at_step_5(self, micro_batches):
+        if self.state.step == 4:
+            raise RuntimeError("simulated crash")
+        return original(self, micro_batches)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_at_step_5)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(copy.deepcopy(cfg))
+    monkeypatch.setattr(Trainer, "train_step", original)
+    assert [p.name for p in checkpointing.list_checkpoints(tmp_path / "broken")] == ["step000003"]
+    run = train(cfg)  # the same command again resumes by itself
+    assert run.resumed_from.name == "step000003"
+    whole, resumed = _weights(tmp_path / "whole"), _weights(tmp_path / "broken")
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "broken/metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 7))
+
+
+def test_resume_flag_without_checkpoint_is_refused(tiny_dataset, tmp_path):
+    with pytest.raises(KilnError, match="holds no complete checkpoint"):
+        build_run(tiny_config(tiny_dataset, tmp_path / "empty"), resume=True)
+
+
+def test_resume_with_a_changed_model_names_the_tensors(tiny_dataset, tmp_path):
+    train(tiny_config(tiny_dataset, tmp_path / "run", trainer={"steps": 3}))
+    changed = tiny_config(tiny_dataset, tmp_path / "run", model={"d_ff": 48})
+    with pytest.raises(KilnError) as info:
+        build_run(changed)
+    assert "d_ff: 64 -> 48" in str(info.value)
+    assert "blocks.0.mlp.up.weight" in str(info.value)
+
+
+def test_vocabulary_smaller_than_the_data_is_refused(tiny_dataset, tmp_path):
+    with pytest.raises(KilnError, match="vocab_size=100 is smaller than the data tokenizer"):
+        build_run(tiny_config(tiny_dataset, tmp_path / "run", model={"vocab_size": 100}))
+
+
+def test_nan_loss_stops_naming_step_and_last_good_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+    cfg = tiny_config(tiny_dataset, tmp_path / "run")
+    original = Transformer.forward
+
+    def nan_from_step_5(self, input_ids, **kw):
+        logits = original(self, input_ids, **kw)
+        return logits * float("nan") if calls.append(1) or len(calls) >= 5 else logits
+
+    calls: list[int] = []
+    monkeypatch.setattr(Transformer, "forward", nan_from_step_5)
+    cfg.eval.every = 0
+    with pytest.raises(KilnError) as info:
+        train(cfg)
+    assert "at step 5" in str(info.value)
+    assert "step000003" in str(info.value)
+
+
+def test_full_disk_while_checkpointing_keeps_earlier_checkpoints(tiny_dataset, tmp_path, monkeypatch):
+    cfg = tiny_config(tiny_dataset, tmp_path / "run")
+    real_save = checkpointing.dcp.save
+    saves: list[int] = []
+
+    def fail_second(*args, **kwargs):
+        saves.append(1)
+        if len(saves) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(checkpointing.dcp, "save", fail_second)
+    with pytest.raises(KilnError) as info:
+        train(cfg)
+    assert "No space left on device" in str(info.value) and "step000003" in str(info.value)
+    run_dir = tmp_path / "run"
+    assert [p.name for p in run_dir.iterdir() if p.name.startswith(("step", ".tmp"))] == ["step000003"]
+    before = _weights(run_dir)
+    monkeypatch.setattr(checkpointing.dcp, "save", real_save)
+    run = build_run(tiny_config(tiny_dataset, run_dir))
+    assert run.resumed_from.name == "step000003"
+    assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())
+
+
+def test_bf16_autocast_keeps_fp32_master_weights_and_tracks_fp32_loss(tiny_dataset, tmp_path):
+    fp32 = train(tiny_config(tiny_dataset, tmp_path / "fp32", trainer={"steps": 2}))
+    bf16 = train(tiny_config(tiny_dataset, tmp_path / "bf16", trainer={"steps": 2, "precision": "bf16"}))
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.float32}
+    losses = [[json.loads(x)["loss"] for x in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
+              for r in (fp32, bf16)]
+    assert losses[1][0] == pytest.approx(losses[0][0], abs=0.05)
+
+
+def test_intra_document_masking_changes_the_loss(tiny_dataset, tmp_path):
+    """Instances of 128 tokens span documents of about 50-100 tokens, so masking must change the loss."""
+    data = {"seq_len": 128}
+    plain = train(tiny_config(tiny_dataset, tmp_path / "plain", trainer={"steps": 1}, data=data))
+    masked = train(tiny_config(tiny_dataset, tmp_path / "masked", trainer={"steps": 1},
+                               data={**data, "intra_doc_masking": True}))
+    loss = [json.loads((r.run_dir / "metrics.jsonl").read_text())["loss"] for r in (plain, masked)]
+    assert loss[0] != loss[1]
+
+
+def test_activation_checkpointing_gives_the_same_weights(tiny_dataset, tmp_path):
+    train(tiny_config(tiny_dataset, tmp_path / "a", trainer={"steps": 2}))
+    train(tiny_config(tiny_dataset, tmp_path / "b", trainer={"steps": 2, "activation_checkpointing": True}))
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
