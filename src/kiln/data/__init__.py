@@ -1,0 +1,1 @@
+"""Data: tokenizers, `prepare` (text -> token shards), datasets and the training-instance loader."""
