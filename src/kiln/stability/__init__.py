@@ -1,0 +1,1 @@
+"""See instability, explain it, survive it: spike detection, skip-step, forensics, rollback, reports and sweeps."""
