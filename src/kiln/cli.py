@@ -16,6 +16,8 @@ COMMAND_MODULES = [
     "kiln.train.commands",
     "kiln.hf.commands",
     "kiln.generate.commands",
+    "kiln.faults.commands",
+    "kiln.stability.commands",
 ]
 
 
