@@ -41,11 +41,21 @@ _MAX_LISTED = 20
 
 
 def save_model_dir(model: Transformer, out_dir: str | Path, tokenizer: Tokenizer | str | Path | None = None) -> Path:
-    """Write `model` (and a tokenizer object or tokenizer.json path) as a kiln model directory."""
+    """Write `model` (and a tokenizer object or tokenizer.json path) as a kiln model directory.
+
+    With a sharded model every rank must call this (gathering is collective); only rank 0 writes.
+    """
     model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper prefixes every name with _orig_mod.
     out = Path(out_dir)
+    writer = _is_rank0()
+    state = {}
+    for name, tensor in model.state_dict().items():
+        full = _full_tensor(tensor)
+        if writer:
+            state[name] = full.detach().contiguous().cpu()
+    if not writer:
+        return out
     out.mkdir(parents=True, exist_ok=True)
-    state = {name: _full_tensor(t).detach().contiguous().cpu() for name, t in model.state_dict().items()}
     _atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model.cfg.to_dict()}
     _atomic_write(out / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
@@ -54,6 +64,11 @@ def save_model_dir(model: Transformer, out_dir: str | Path, tokenizer: Tokenizer
     elif tokenizer is not None:
         shutil.copyfile(tokenizer, out / TOKENIZER_FILE)
     return out
+
+
+def _is_rank0() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
+        or torch.distributed.get_rank() == 0
 
 
 def _full_tensor(tensor: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kiln.data.loader import IGNORE_INDEX, Batch
+from kiln.distributed import is_rank0, sum_across_ranks, unwrap
 from kiln.errors import KilnError
-from kiln.train.checkpointing import list_checkpoints, prune_checkpoints, save_checkpoint
+from kiln.train.checkpointing import PendingSave, list_checkpoints, prune_checkpoints, save_checkpoint
 from kiln.train.trainer import NonFiniteLoss, Trainer
 
 log = logging.getLogger("kiln.train")
@@ -49,12 +52,11 @@ class Evaluator(Callback):
 
     @torch.no_grad()
     def evaluate(self, trainer: Trainer) -> dict[str, float]:
+        """Sums over every rank's share of the validation batches; all ranks take part (FSDP gathers weights)."""
         model = trainer.model
         model.eval()
         nats = tokens = n_bytes = 0.0
-        for i, batch in enumerate(self.val_loader):
-            if i >= self.max_batches:
-                break
+        for batch in self.rank_batches():
             labels = batch.labels.to(trainer.device)
             with trainer.autocast():
                 logits = model(batch.input_ids.to(trainer.device))
@@ -64,37 +66,74 @@ class Evaluator(Callback):
             tokens += int(keep.sum())
             n_bytes += float(self.token_bytes[labels.flatten()[keep].cpu()].sum())
         model.train()
+        nats, tokens, n_bytes = sum_across_ranks([nats, tokens, n_bytes], trainer.device)
         if tokens == 0:
             raise KilnError("the validation split is empty; raise data.val_fraction or use more data")
         loss = nats / tokens
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_bpb": nats / math.log(2) / max(n_bytes, 1)}
 
+    def rank_batches(self) -> Iterator[Batch]:
+        """This rank's first `max_batches` batches, padded with all-ignored ones where the split ran out early.
+
+        Every rank must run the same number of forward passes, or a sharded model waits forever for a gather.
+        """
+        loader = self.val_loader
+        global_batches = -(-loader.instances_per_epoch // loader.global_batch_size)
+        batches = iter(loader)
+        for _ in range(min(self.max_batches, global_batches)):
+            batch = next(batches, None)
+            if batch is None:
+                empty = torch.zeros(1, loader.seq_len, dtype=torch.long)
+                batch = Batch(empty, torch.full_like(empty, IGNORE_INDEX), empty, torch.zeros(1, dtype=torch.long))
+            yield batch
+
 
 class Checkpointer(Callback):
-    """Saves every `every` steps and at the end, keeps the last `keep_last`; names the last good one on NaN."""
+    """Saves every `every` steps and at the end, keeps the last `keep_last`; names the last good one on NaN.
+
+    With `async_save`, the sharded state is written in the background and the step folder appears (and old ones
+    are pruned) once it is complete; at most one save is in flight.
+    """
 
     def __init__(self, run_dir: Path, every: int, keep_last: int, save_final: bool, loader, tokenizer,
-                 config_yaml: str, stateful: dict[str, Any]) -> None:
+                 config_yaml: str, stateful: dict[str, Any], async_save: bool = False) -> None:
         self.run_dir, self.every, self.keep_last, self.save_final = run_dir, every, keep_last, save_final
         self.loader, self.tokenizer, self.config_yaml, self.stateful = loader, tokenizer, config_yaml, stateful
+        self.async_save, self.pending = async_save, None
 
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         step = trainer.state.step
+        if self.pending is not None and self.pending.done():
+            self.finish_pending()
         if self.every and step % self.every == 0 and step != trainer.cfg.trainer.steps:
             self.save(trainer)
 
     def on_fit_end(self, trainer: Trainer) -> None:
         if self.save_final:
             self.save(trainer)
+        self.finish_pending()
 
     def save(self, trainer: Trainer) -> Path:
+        self.finish_pending()
         state = {"step": trainer.state.step, "tokens": trainer.state.tokens, "loader": self.loader.state_dict(),
                  "callbacks": {name: cb.state_dict() for name, cb in self.stateful.items()}}
-        path = save_checkpoint(self.run_dir, trainer.state.step, trainer.model, trainer.optimizer, state,
-                               self.tokenizer, self.config_yaml)
-        prune_checkpoints(self.run_dir, self.keep_last)
-        log.info("saved checkpoint %s", path)
-        return path
+        saved = save_checkpoint(self.run_dir, trainer.state.step, unwrap(trainer.model), trainer.optimizer, state,
+                                self.tokenizer, self.config_yaml, async_save=self.async_save)
+        if isinstance(saved, PendingSave):
+            self.pending = saved
+            return saved.final
+        self._saved(saved)
+        return saved
+
+    def finish_pending(self) -> None:
+        if self.pending is not None:
+            self._saved(self.pending.wait())
+            self.pending = None
+
+    def _saved(self, path: Path) -> None:
+        if is_rank0():
+            prune_checkpoints(self.run_dir, self.keep_last)
+            log.info("saved checkpoint %s", path)
 
     def last_good(self) -> str:
         found = list_checkpoints(self.run_dir)
@@ -176,7 +215,10 @@ class Progress(Callback):
 
 
 class Sampler(Callback):
-    """At the end of training, a few generated continuations in the log (and RUN/samples.txt)."""
+    """At the end of training, a few generated continuations in the log (and RUN/samples.txt).
+
+    Every rank generates (a sharded model gathers its weights in each forward); only rank 0 writes and prints.
+    """
 
     def __init__(self, run_dir: Path, tokenizer, prompts: list[str], n: int, max_new_tokens: int, seed: int) -> None:
         self.run_dir, self.tokenizer, self.prompts = run_dir, tokenizer, prompts[:n]
@@ -189,8 +231,13 @@ class Sampler(Callback):
         if not self.prompts:
             return
         prompts = [self.tokenizer.encode(p).ids for p in self.prompts]
-        outputs = generate(trainer.model, prompts, max_new_tokens=self.max_new_tokens, temperature=0.8, top_k=50,
-                           eos_id=eos_id(self.tokenizer), seed=self.seed)
+        # FSDP in bf16 computes in bf16 while its (sharded) weights, and so the KV cache, stay fp32: cast them alike.
+        fsdp_bf16 = trainer.cfg.trainer.precision == "bf16" and trainer.autocast_dtype is None
+        with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=fsdp_bf16):
+            outputs = generate(unwrap(trainer.model), prompts, max_new_tokens=self.max_new_tokens, temperature=0.8,
+                               top_k=50, eos_id=eos_id(self.tokenizer), seed=self.seed)
+        if not is_rank0():
+            return
         texts = [p + self.tokenizer.decode(o) for p, o in zip(self.prompts, outputs, strict=True)]
         (self.run_dir / "samples.txt").write_text("\n\n---\n\n".join(texts) + "\n")
         for text in texts:

@@ -6,8 +6,12 @@
         model.safetensors    model weights       } from_pretrained, `kiln export hf` and `kiln generate`
         tokenizer.json       the data's tokenizer} accept a step folder (or the run folder) directly
         train_state.json     step, tokens, data-loader and callback states
-        rng.pt               torch / numpy / python RNG states
+        rng.pt               torch / numpy / python RNG states (rank 0's; every rank restores them)
         config.yaml          the resolved experiment config
+
+On several ranks every rank writes its own shards under dcp/ (a file system all ranks share is assumed), the
+weights are gathered into model.safetensors, and rank 0 writes the small files and renames the folder. DCP keys
+tensors by parameter name, not by rank, so a checkpoint loads on any number of ranks and under any strategy.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import os
 import random
 import shutil
 import warnings
+from concurrent.futures import Future
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +39,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from kiln.checkpoint import WEIGHTS_FILE, read_model_config, save_model_dir
+from kiln.distributed import background_group, barrier, is_rank0
 from kiln.errors import KilnError
 from kiln.model.config import ModelConfig
 
@@ -74,30 +81,77 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@dataclass
+class PendingSave:
+    """An asynchronous save in flight: the DCP shards are still being written to `tmp`."""
+
+    future: Future
+    tmp: Path
+    final: Path
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def wait(self) -> Path:
+        """Block until this rank's shards (and, on rank 0, the metadata of all) are written; then publish."""
+        try:
+            self.future.result()
+        except OSError as err:
+            raise _write_error(self.tmp, self.final, err) from err
+        _publish(self.tmp, self.final)
+        return self.final
+
+
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    train_state: dict[str, Any], tokenizer=None, config_yaml: str = "") -> Path:
-    """Write the checkpoint of `step`; on any OS error (a full disk) remove the partial folder and say so."""
+                    train_state: dict[str, Any], tokenizer=None, config_yaml: str = "",
+                    async_save: bool = False) -> Path | PendingSave:
+    """Write the checkpoint of `step` (all ranks call this); on an OS error remove the partial folder and say so.
+
+    With `async_save` the shards are written in the background and a `PendingSave` is returned: the step folder
+    appears when its `wait()` returns.
+    """
     final = step_dir(run_dir, step)
     tmp = run_dir / f".tmp-{final.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tmp.mkdir(parents=True)
+        if is_rank0():
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        barrier()
         state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
         with _single_process_quiet():
-            dcp.save(state, checkpoint_id=str(tmp / "dcp"))
+            if async_save:
+                group = background_group()
+                future = dcp.async_save(state, checkpoint_id=str(tmp / "dcp"), process_group=group,
+                                        no_dist=group is None)
+            else:
+                dcp.save(state, checkpoint_id=str(tmp / "dcp"))
         save_model_dir(model, tmp, tokenizer)
-        torch.save(rng_state(), tmp / "rng.pt")
-        (tmp / "config.yaml").write_text(config_yaml)
-        (tmp / STATE_FILE).write_text(json.dumps(train_state, indent=1))
+        if is_rank0():
+            torch.save(rng_state(), tmp / "rng.pt")
+            (tmp / "config.yaml").write_text(config_yaml)
+            (tmp / STATE_FILE).write_text(json.dumps(train_state, indent=1))
+        if async_save:
+            return PendingSave(future, tmp, final)
+        barrier()
+        _publish(tmp, final)
+    except OSError as err:
+        raise _write_error(tmp, final, err) from err
+    return final
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rank 0 makes the finished folder visible under its step name, in one rename."""
+    if is_rank0():
         _fsync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        kept = ", ".join(p.name for p in list_checkpoints(run_dir)) or "none"
-        raise KilnError(f"could not write checkpoint {final}: {err}. Earlier checkpoints are intact: {kept}") from err
-    return final
+
+
+def _write_error(tmp: Path, final: Path, err: OSError) -> KilnError:
+    shutil.rmtree(tmp, ignore_errors=True)
+    kept = ", ".join(p.name for p in list_checkpoints(final.parent)) or "none"
+    return KilnError(f"could not write checkpoint {final}: {err}. Earlier checkpoints are intact: {kept}")
 
 
 def _fsync_tree(root: Path) -> None:

@@ -79,6 +79,21 @@ class LoggingConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """How ranks launched by torchrun split the work; a plain `python -m kiln train` is one process.
+
+    auto = no wrapping on one process, FSDP2 on several. HSDP replicates across groups of `shard_size` ranks
+    (default: the ranks of one node) and shards within each group.
+    """
+
+    strategy: Literal["auto", "none", "ddp", "fsdp", "hsdp"] = "auto"
+    shard_size: int | None = None  # HSDP ranks per shard group; default LOCAL_WORLD_SIZE (one node)
+    reshard_after_forward: bool = True  # FSDP: free gathered weights after forward (ZeRO-3), else keep (ZeRO-2)
+    timeout_s: float = 600.0  # a collective waiting longer than this fails instead of hanging
+    async_checkpoint: bool = False  # write the sharded state in the background while training continues
+
+
+@dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataConfig = field(default_factory=DataConfig)
@@ -88,6 +103,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     @property
     def tokens_per_step(self) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from kiln import distributed
 from kiln.data.dataset import TokenDataset
 from kiln.data.loader import InstanceLoader, RepeatFilterConfig
 from kiln.data.tokenizer import check_same_tokenizer, token_byte_lengths, tokenizer_hash
@@ -26,12 +27,13 @@ log = logging.getLogger("kiln.train")
 
 
 def pick_device(name: str) -> torch.device:
+    """`auto` and `cuda` mean this process's GPU: torchrun's LOCAL_RANK picks it among the node's."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise KilnError(f"trainer.device={name!r} but no CUDA device is available; use cpu or auto")
-    return device
+    return torch.device("cuda", distributed.local_rank()) if name == "cuda" else device
 
 
 def open_datasets(cfg: TrainConfig) -> list[TokenDataset]:
@@ -69,13 +71,18 @@ class Run:
     resumed_from: Path | None
 
 
-def build_run(cfg: TrainConfig, resume: bool | None = None, world_size: int = 1, rank: int = 0) -> Run:
-    """`resume=None` continues from the newest checkpoint when the run folder has one; True demands one."""
+def build_run(cfg: TrainConfig, resume: bool | None = None) -> Run:
+    """`resume=None` continues from the newest checkpoint when the run folder has one; True demands one.
+
+    On several ranks (after `distributed.init_distributed`) each reads its own slice of every global batch.
+    """
     tc = cfg.trainer
+    rank, world_size = distributed.rank(), distributed.world_size()
+    strategy = distributed.resolve_strategy(cfg.distributed.strategy, world_size)
     device = pick_device(tc.device)
     if device.type == "cpu" and tc.threads:
         torch.set_num_threads(tc.threads)
-    torch.manual_seed(tc.seed)
+    torch.manual_seed(tc.seed)  # the same initial weights on every rank
     run_dir = Path(tc.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     datasets = open_datasets(cfg)
@@ -86,6 +93,8 @@ def build_run(cfg: TrainConfig, resume: bool | None = None, world_size: int = 1,
         from kiln.train.wrapping import apply_activation_checkpointing
 
         apply_activation_checkpointing(model)
+    wrapped = distributed.parallelize(model, strategy, device, tc.precision, cfg.distributed,
+                                      compile_blocks=tc.compile and strategy != "none")
     optimizer = build_adamw(model, cfg.optim)
     loader_args = dict(seq_len=cfg.data.seq_len, batch_size=tc.micro_batch_size, seed=tc.seed, rank=rank,
                        world_size=world_size, val_fraction=cfg.data.val_fraction, weights=cfg.data.weights,
@@ -94,41 +103,45 @@ def build_run(cfg: TrainConfig, resume: bool | None = None, world_size: int = 1,
     val_loader = InstanceLoader(datasets, split="val", **loader_args)
 
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    (run_dir / "config.yaml").write_text(config_yaml)
+    if rank == 0:
+        (run_dir / "config.yaml").write_text(config_yaml)
     evaluator = cbs.Evaluator(val_loader, token_byte_lengths(tokenizer, model_cfg.padded_vocab_size),
                               cfg.eval.every, cfg.eval.max_batches)
     checkpointer = cbs.Checkpointer(run_dir, cfg.checkpoint.every, cfg.checkpoint.keep_last,
-                                    cfg.checkpoint.save_final, train_loader, tokenizer, config_yaml, stateful={})
-    callbacks = [evaluator, checkpointer]
+                                    cfg.checkpoint.save_final, train_loader, tokenizer, config_yaml, stateful={},
+                                    async_save=cfg.distributed.async_checkpoint)
+    sampler = cbs.Sampler(run_dir, tokenizer, cfg.eval.prompts, cfg.eval.samples, cfg.eval.sample_tokens, tc.seed)
+    callbacks = [evaluator, checkpointer, sampler]
     if rank == 0:
-        callbacks += [cbs.MetricsWriter(run_dir, cfg.logging.tensorboard),
-                      cbs.Progress(cfg.logging.progress, tc.log_every),
-                      cbs.Sampler(run_dir, tokenizer, cfg.eval.prompts, cfg.eval.samples, cfg.eval.sample_tokens,
-                                  tc.seed)]
-    trainer = Trainer(cfg, model, optimizer, iter(train_loader), device, callbacks,
+        callbacks[2:2] = [cbs.MetricsWriter(run_dir, cfg.logging.tensorboard),
+                          cbs.Progress(cfg.logging.progress, tc.log_every)]
+    trainer = Trainer(cfg, wrapped, optimizer, iter(train_loader), device, callbacks,
                       flops_per_token(model_cfg, cfg.data.seq_len), peak_flops(device, tc.precision, tc.peak_flops),
                       world_size)
-    resumed_from = maybe_resume(run_dir, resume, model_cfg, tokenizer, trainer, train_loader)
-    if tc.compile:
+    if strategy in ("fsdp", "hsdp"):
+        trainer.autocast_dtype = None  # FSDP's mixed-precision policy already computes in bf16
+    resumed_from = maybe_resume(run_dir, resume, model_cfg, tokenizer, trainer, train_loader, model)
+    if tc.compile and strategy == "none":
         trainer.model = torch.compile(model)
     return Run(cfg, run_dir, model, trainer, train_loader, checkpointer, resumed_from)
 
 
 def maybe_resume(run_dir: Path, resume: bool | None, model_cfg: ModelConfig, tokenizer, trainer: Trainer,
-                 loader: InstanceLoader) -> Path | None:
+                 loader: InstanceLoader, model: Transformer) -> Path | None:
+    """Every rank loads the newest checkpoint, whatever number of ranks wrote it (DCP reshards on load)."""
     found = list_checkpoints(run_dir)
     if not found:
         if resume:
             raise KilnError(f"--resume was given but {run_dir} holds no complete checkpoint")
         return None
     path = found[-1]
-    check_same_shape(path, model_cfg, trainer.model)
+    check_same_shape(path, model_cfg, model)
     from kiln.checkpoint import load_checkpoint_tokenizer
 
     saved_tok = load_checkpoint_tokenizer(path)
     if saved_tok is not None:
         check_same_tokenizer(tokenizer_hash(saved_tok), tokenizer, f"the data of resumed run {run_dir}")
-    state = load_checkpoint(path, trainer.model, trainer.optimizer)
+    state = load_checkpoint(path, model, trainer.optimizer)
     trainer.state.step, trainer.state.tokens = state["step"], state["tokens"]
     loader.load_state_dict(state["loader"])
     trainer.batches = iter(loader)
@@ -137,14 +150,29 @@ def maybe_resume(run_dir: Path, resume: bool | None, model_cfg: ModelConfig, tok
 
 
 def train(cfg: TrainConfig, resume: bool | None = None) -> Run:
-    """Build the run and fit it; a NaN loss stops it naming the last good checkpoint."""
-    run = build_run(cfg, resume)
-    where = f"resuming {run.resumed_from}" if run.resumed_from else "from scratch"
-    print(f"kiln train: {run.model.cfg.n_layers}-layer model, {sum(p.numel() for p in run.model.parameters()):,} "
-          f"parameters, {cfg.trainer.steps} steps of {cfg.tokens_per_step:,} tokens, run folder {run.run_dir} "
-          f"({where})", flush=True)
-    try:
-        run.trainer.fit()
-    except NonFiniteLoss as err:
-        raise NonFiniteLoss(cbs.describe_nan(err, run.checkpointer)) from None
+    """Build the run and fit it; a NaN loss stops it naming the last good checkpoint.
+
+    Under torchrun this joins the process group first; an error on any rank then ends every rank (see
+    `distributed.exit_together`) rather than leaving the others waiting in a collective.
+    """
+    device_type = pick_device(cfg.trainer.device).type
+    owns_group = distributed.init_distributed(device_type, cfg.distributed.timeout_s,
+                                              force=cfg.distributed.strategy not in ("auto", "none"))
+    with distributed.exit_together():
+        if not distributed.is_rank0():
+            logging.getLogger("kiln").setLevel(logging.WARNING)
+        run = build_run(cfg, resume)
+        if distributed.is_rank0():
+            where = f"resuming {run.resumed_from}" if run.resumed_from else "from scratch"
+            ranks = distributed.world_size()
+            n_params = sum(p.numel() for p in run.model.parameters())
+            print(f"kiln train: {run.model.cfg.n_layers}-layer model, {n_params:,} parameters, {cfg.trainer.steps} "
+                  f"steps of {cfg.tokens_per_step * ranks:,} tokens on {ranks} rank(s), run folder {run.run_dir} "
+                  f"({where})", flush=True)
+        try:
+            run.trainer.fit()
+        except NonFiniteLoss as err:
+            raise NonFiniteLoss(cbs.describe_nan(err, run.checkpointer)) from None
+    if owns_group:
+        distributed.shutdown_distributed()
     return run

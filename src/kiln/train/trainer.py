@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kiln.distributed import clip_grad_norm, grad_sync, sum_across_ranks
 from kiln.errors import KilnError
 from kiln.optim.schedule import lr_multiplier
 from kiln.train.config import TrainConfig
@@ -61,6 +62,7 @@ class Trainer:
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self.state = TrainState()
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.autocast_dtype = torch.bfloat16 if cfg.trainer.precision == "bf16" else None  # None: FSDP casts
 
     @property
     def total(self) -> int:
@@ -86,16 +88,20 @@ class Trainer:
         tokens_this_step = sum(b.input_ids.numel() for b in micro_batches) * self.world_size
         progress = self.state.step + 1 if self.cfg.schedule.units == "steps" else self.state.tokens + tokens_this_step
         lr = self.set_lr(lr_multiplier(self.cfg.schedule, progress, self.total))
-        n_targets = max(sum(int((b.labels != -100).sum()) for b in micro_batches), 1)
+        local_targets = sum(int((b.labels != -100).sum()) for b in micro_batches)
+        n_targets = max(int(sum_across_ranks([local_targets], self.device)[0]), 1)
         ce_sum = z_sum = 0.0
-        for batch in micro_batches:
-            ce, z = self.forward_loss(batch, n_targets)
-            (ce + z).backward()
+        for i, batch in enumerate(micro_batches):
+            with grad_sync(self.model, enabled=i == len(micro_batches) - 1):
+                ce, z = self.forward_loss(batch, n_targets)
+                # Each rank's loss is its share of the global mean; DDP and FSDP average gradients over ranks,
+                # so scaling by the world size makes their average the single-process gradient.
+                ((ce + z) * self.world_size).backward()
             ce_sum, z_sum = ce_sum + ce.item(), z_sum + z.item()
+        ce_sum, z_sum = sum_across_ranks([ce_sum, z_sum], self.device)
         if not math.isfinite(ce_sum + z_sum):
             raise NonFiniteLoss(f"loss is {ce_sum + z_sum} at step {self.state.step + 1}")
-        clip = self.cfg.optim.grad_clip or math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True))
+        grad_norm = clip_grad_norm(self.model.parameters(), self.cfg.optim.grad_clip or math.inf)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
@@ -112,8 +118,8 @@ class Trainer:
         return loss_terms(logits, labels, n_targets, self.cfg.trainer.z_loss)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.cfg.trainer.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.autocast_dtype is not None:
+            return torch.autocast(self.device.type, dtype=self.autocast_dtype)
         return contextlib.nullcontext()
 
     def set_lr(self, multiplier: float) -> float:

@@ -1,0 +1,22 @@
+"""Data parallelism from the outside of the model: process groups, DDP / FSDP2 / HSDP wrapping, cross-rank sums.
+
+The model files know nothing of this; `kiln.train` calls `init_distributed`, then `parallelize` on a built model.
+"""
+
+from kiln.distributed.parallelize import clip_grad_norm, grad_sync, parallelize, resolve_strategy, unwrap
+from kiln.distributed.setup import (
+    background_group,
+    barrier,
+    exit_together,
+    init_distributed,
+    is_rank0,
+    local_rank,
+    rank,
+    shutdown_distributed,
+    sum_across_ranks,
+    world_size,
+)
+
+__all__ = ["background_group", "barrier", "clip_grad_norm", "exit_together", "grad_sync", "init_distributed",
+           "is_rank0", "local_rank", "parallelize", "rank", "resolve_strategy", "shutdown_distributed",
+           "sum_across_ranks", "unwrap", "world_size"]

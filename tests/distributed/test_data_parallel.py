@@ -1,0 +1,116 @@
+"""DDP, FSDP2 and HSDP on 2 gloo processes against one process with the same global batch, and resharding resume.
+
+The runs are in fp32 with global batch 8 = micro-batch x 2 accumulation steps x ranks, so the ranks and the single
+process differ only in summation order: losses, gradient norms and validation loss agree within 1e-5.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.distributed.checkpoint import FileSystemReader
+
+from kiln.train.config import load_config
+from kiln.train.run import train
+
+from ..train.conftest import tiny_config
+from .launch import run_ranks
+
+STEPS = 6
+TRAIN = "tests.distributed.workers:train_config"
+
+
+def _config(dataset: Path, run_dir: Path, micro: int, **distributed) -> dict:
+    return tiny_config(dataset, run_dir, trainer={"micro_batch_size": micro, "grad_accum": 2, "steps": STEPS},
+                       checkpoint={"every": 3}, distributed=distributed).to_dict()
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_training(a: Path, b: Path) -> None:
+    ma, mb = _metrics(a), _metrics(b)
+    assert [m["step"] for m in ma] == [m["step"] for m in mb] == list(range(1, STEPS + 1))  # one line per step
+    for x, y in zip(ma, mb, strict=True):
+        assert x["tokens"] == y["tokens"]
+        for key in ("loss", "z_loss", "grad_norm", "val_loss"):
+            assert (key in x) == (key in y)
+            if key in x:
+                assert abs(x[key] - y[key]) < 1e-5, (x["step"], key, x[key], y[key])
+    final = f"step{STEPS:06d}/model.safetensors"
+    wa, wb = load_file(str(a / final)), load_file(str(b / final))
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=1e-4, atol=1e-5)
+
+
+def _resume_copy(src: Path, dst: Path) -> None:
+    """The run as if it had stopped after step 3: the last checkpoint removed, metrics kept (resume trims them)."""
+    shutil.copytree(src, dst)
+    shutil.rmtree(dst / f"step{STEPS:06d}")
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_dataset, tmp_path_factory) -> dict[str, Path]:
+    """One uninterrupted run each: one process, DDP and FSDP (saving asynchronously) on two."""
+    root = tmp_path_factory.mktemp("dp")
+    train(load_config(None, _config(tiny_dataset, root / "single", micro=4)))
+    run_ranks(TRAIN, {"config": _config(tiny_dataset, root / "ddp", micro=2, strategy="ddp")})
+    run_ranks(TRAIN, {"config": _config(tiny_dataset, root / "fsdp", micro=2, strategy="fsdp",
+                                        async_checkpoint=True)})
+    return {name: root / name for name in ("single", "ddp", "fsdp")}
+
+
+def test_ddp_matches_single_process(runs):
+    _assert_same_training(runs["single"], runs["ddp"])
+
+
+def test_fsdp_matches_single_process(runs):
+    _assert_same_training(runs["single"], runs["fsdp"])
+
+
+def test_hsdp_matches_single_process(runs, tiny_dataset, tmp_path):
+    """Two replicas of one shard each: the replicate dimension of the (replicate, shard) mesh carries the reduce."""
+    run_ranks(TRAIN, {"config": _config(tiny_dataset, tmp_path / "hsdp", micro=2, strategy="hsdp", shard_size=1)})
+    _assert_same_training(runs["single"], tmp_path / "hsdp")
+
+
+def test_checkpoints_name_tensors_alike_under_every_strategy(runs):
+    keys = {name: set(FileSystemReader(str(run / "step000003/dcp")).read_metadata().state_dict_metadata)
+            for name, run in runs.items()}
+    assert keys["single"] == keys["ddp"] == keys["fsdp"]
+    assert "model.blocks.0.attn.qkv.weight" in keys["single"]
+    for run in runs.values():  # written by rank 0 alone, complete
+        assert sorted(p.name for p in run.iterdir() if p.name.startswith((".tmp", "step"))) == \
+            ["step000003", "step000006"]
+
+
+def test_fsdp_checkpoint_of_two_ranks_resumes_on_one(runs, tiny_dataset, tmp_path):
+    _resume_copy(runs["fsdp"], tmp_path / "resumed")
+    run = train(load_config(None, _config(tiny_dataset, tmp_path / "resumed", micro=4)))
+    assert run.resumed_from.name == "step000003"
+    _assert_same_training(runs["fsdp"], tmp_path / "resumed")
+
+
+def test_checkpoint_of_one_process_resumes_on_two_fsdp_ranks(runs, tiny_dataset, tmp_path):
+    _resume_copy(runs["single"], tmp_path / "resumed")
+    results, _ = run_ranks(TRAIN, {"config": _config(tiny_dataset, tmp_path / "resumed", micro=2, strategy="fsdp")})
+    assert "resuming" in results[0].output and "step000003" in results[0].output
+    _assert_same_training(runs["single"], tmp_path / "resumed")
+
+
+def test_fsdp_in_bf16_with_activation_checkpointing_tracks_fp32(runs, tiny_dataset, tmp_path):
+    """bf16 compute with fp32 reduction and master weights; samples at the end run on the sharded bf16 model."""
+    config = _config(tiny_dataset, tmp_path / "bf16", micro=2, strategy="fsdp")
+    config["trainer"].update(precision="bf16", activation_checkpointing=True)
+    run_ranks(TRAIN, {"config": config})
+    bf16, fp32 = _metrics(tmp_path / "bf16"), _metrics(runs["single"])
+    assert abs(bf16[0]["loss"] - fp32[0]["loss"]) < 0.05
+    assert load_file(str(tmp_path / "bf16/step000006/model.safetensors"))["embed.weight"].dtype == torch.float32
+    assert (tmp_path / "bf16/samples.txt").read_text().startswith("The king")
