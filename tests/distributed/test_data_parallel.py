@@ -25,9 +25,9 @@ STEPS = 6
 TRAIN = "tests.distributed.workers:train_config"
 
 
-def _config(dataset: Path, run_dir: Path, micro: int, **distributed) -> dict:
+def _config(dataset: Path, run_dir: Path, micro: int, async_save: bool = False, **distributed) -> dict:
     return tiny_config(dataset, run_dir, trainer={"micro_batch_size": micro, "grad_accum": 2, "steps": STEPS},
-                       checkpoint={"every": 3}, distributed=distributed).to_dict()
+                       checkpoint={"every": 3, "async_save": async_save}, distributed=distributed).to_dict()
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -63,7 +63,7 @@ def runs(tiny_dataset, tmp_path_factory) -> dict[str, Path]:
     train(load_config(None, _config(tiny_dataset, root / "single", micro=4)))
     run_ranks(TRAIN, {"config": _config(tiny_dataset, root / "ddp", micro=2, strategy="ddp")})
     run_ranks(TRAIN, {"config": _config(tiny_dataset, root / "fsdp", micro=2, strategy="fsdp",
-                                        async_checkpoint=True)})
+                                        async_save=True)})
     return {name: root / name for name in ("single", "ddp", "fsdp")}
 
 

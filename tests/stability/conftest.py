@@ -1,4 +1,4 @@
-"""Fake run folders with known metrics, and the tiny real dataset the trainer tests use."""
+"""Fake run folders with known metrics."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import json
 import math
 from pathlib import Path
 from typing import Any
-
-from tests.train.conftest import tiny_dataset  # noqa: F401  (a fixture, shared with the trainer tests)
 
 
 def fake_metrics(steps: int, loss_spikes=(), grad_spikes=(), skipped=(), layers: int = 0, monitor: bool = True,

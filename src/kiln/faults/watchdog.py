@@ -59,9 +59,10 @@ class Watchdog:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def on_step_start(self, step: int | None = None) -> None:
+    def on_step_start(self, step: int | None = None, warn_slow: bool = True) -> None:
+        """Start watching; `warn_slow=False` watches only for the hard timeout (for work of no typical length)."""
         with self._lock:
-            self.step, self.started_at, self.warned = step, self.clock(), False
+            self.step, self.started_at, self.warned = step, self.clock(), not warn_slow
 
     def on_step_end(self, step_time: float | None = None) -> None:
         """Record the step's duration (measured by the watchdog's clock unless given) and stop watching it."""

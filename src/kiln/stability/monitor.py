@@ -7,28 +7,16 @@ callback measures, optionally refuses spiking updates (skip-step), and asks the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kiln.stability import forensics, layer_stats
+from kiln.stability.config import StabilityConfig
 from kiln.stability.spikes import GrowthTracker, SpikeDetector, SpikeScore
+from kiln.train.trainer import Callback
 
 
-@dataclass
-class StabilityConfig:
-    window: int = 128  # W: values of history before the spike rule applies
-    k: float = 6.0  # a spike exceeds mean + k * std of the previous W values
-    layer_stats_every: int = 50  # per-layer norms, update ratios and activation maxima; 0 = off
-    skip_spikes: bool = False  # skip-step: do not apply an update whose loss or grad norm spikes
-    forensics: bool = True  # save the spiking batch's ids, text and repeated n-grams in RUN/spikes/
-    rollback: bool = False  # reload the last checkpoint after `rollback_after` spikes in a row, or a NaN
-    rollback_after: int = 3
-    rollback_lr_factor: float = 0.5  # scale the learning rate by this at each rollback
-    max_rollbacks: int = 5
-
-
-class StabilityMonitor:
+class StabilityMonitor(Callback):
     """A callback; the trainer calls `on_step_start`, `before_optimizer_step` and `on_step_end` every step."""
 
     def __init__(self, cfg: StabilityConfig, run_dir: Path, tokenizer=None, locate=None) -> None:
@@ -41,9 +29,6 @@ class StabilityMonitor:
 
     def _stats_step(self, step: int) -> bool:
         return bool(self.cfg.layer_stats_every) and step % self.cfg.layer_stats_every == 0
-
-    def on_fit_start(self, trainer) -> None:
-        pass
 
     def on_step_start(self, trainer) -> None:
         if self._stats_step(trainer.state.step + 1):

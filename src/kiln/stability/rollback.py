@@ -7,12 +7,30 @@ trouble are skipped rather than replayed. Each rollback is a JSON line in RUN/ro
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
+from kiln.distributed import is_rank0, unwrap
 from kiln.errors import KilnError
 from kiln.train.checkpointing import list_checkpoints, load_checkpoint
+
+log = logging.getLogger("kiln.train")
+
+
+class Rollbacks:
+    """The trainer's rollback handler: at most `max_rollbacks` times, then the run stops with the reason."""
+
+    def __init__(self, run_dir: Path, lr_factor: float, max_rollbacks: int) -> None:
+        self.run_dir, self.lr_factor, self.max_rollbacks, self.count = run_dir, lr_factor, max_rollbacks, 0
+
+    def __call__(self, trainer, reason: str) -> dict[str, Any]:
+        if self.count >= self.max_rollbacks:
+            raise KilnError(f"{reason} at step {trainer.state.step}, after {self.count} rollbacks "
+                            f"(stability.max_rollbacks={self.max_rollbacks}); stopping")
+        self.count += 1
+        return rollback(trainer, self.run_dir, reason, self.lr_factor)
 
 
 def rollback(trainer, run_dir: Path, reason: str, lr_factor: float) -> dict[str, Any]:
@@ -20,14 +38,17 @@ def rollback(trainer, run_dir: Path, reason: str, lr_factor: float) -> dict[str,
     if not found:
         raise KilnError(f"cannot roll back ({reason}) at step {trainer.state.step}: no checkpoint in {run_dir} yet")
     path = found[-1]
-    at_step, at_tokens = trainer.state.step, trainer.state.tokens
+    at_step, at_tokens, lr_scale = trainer.state.step, trainer.state.tokens, trainer.state.lr_scale
     trainer.optimizer.zero_grad(set_to_none=True)
-    state = load_checkpoint(path, trainer.model, trainer.optimizer)
+    state = load_checkpoint(path, unwrap(trainer.model), trainer.optimizer)
     trainer.state.step, trainer.state.tokens = state["step"], state["tokens"]
-    trainer.base_lrs = [lr * lr_factor for lr in trainer.base_lrs]
+    trainer.state.lr_scale = lr_scale * lr_factor
     record = {"time": time.time(), "at_step": at_step, "reason": reason, "restored": path.name,
-              "restored_step": state["step"], "lr_factor": lr_factor, "new_peak_lr": trainer.base_lrs[0],
+              "restored_step": state["step"], "lr_scale": trainer.state.lr_scale,
               "skipped_tokens": at_tokens - state["tokens"]}
-    with (run_dir / "rollbacks.jsonl").open("a") as f:
-        f.write(json.dumps(record) + "\n")
+    if is_rank0():
+        with (run_dir / "rollbacks.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+    log.warning("rollback at step %d (%s): restored %s, learning rate x%g", at_step, reason, path.name,
+                trainer.state.lr_scale)
     return record

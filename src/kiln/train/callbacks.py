@@ -18,22 +18,9 @@ from kiln.data.loader import IGNORE_INDEX, Batch
 from kiln.distributed import is_rank0, sum_across_ranks, unwrap
 from kiln.errors import KilnError
 from kiln.train.checkpointing import PendingSave, list_checkpoints, prune_checkpoints, save_checkpoint
-from kiln.train.trainer import NonFiniteLoss, Trainer
+from kiln.train.trainer import Callback, NonFiniteLoss, Trainer
 
 log = logging.getLogger("kiln.train")
-
-
-class Callback:
-    """No-op hooks; subclasses override what they need."""
-
-    def on_fit_start(self, trainer: Trainer) -> None:
-        pass
-
-    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        pass
-
-    def on_fit_end(self, trainer: Trainer) -> None:
-        pass
 
 
 class Evaluator(Callback):
@@ -115,7 +102,8 @@ class Checkpointer(Callback):
 
     def save(self, trainer: Trainer) -> Path:
         self.finish_pending()
-        state = {"step": trainer.state.step, "tokens": trainer.state.tokens, "loader": self.loader.state_dict(),
+        state = {"step": trainer.state.step, "tokens": trainer.state.tokens, "lr_scale": trainer.state.lr_scale,
+                 "loader": self.loader.state_dict(),
                  "callbacks": {name: cb.state_dict() for name, cb in self.stateful.items()}}
         saved = save_checkpoint(self.run_dir, trainer.state.step, unwrap(trainer.model), trainer.optimizer, state,
                                 self.tokenizer, self.config_yaml, async_save=self.async_save)
@@ -138,6 +126,38 @@ class Checkpointer(Callback):
     def last_good(self) -> str:
         found = list_checkpoints(self.run_dir)
         return str(found[-1]) if found else "none (no checkpoint was written yet)"
+
+
+class WatchdogCallback(Callback):
+    """Runs `kiln.faults.watchdog.Watchdog`: the first callback, so a slow step is judged by data + forward +
+    backward + update alone; the other callbacks (evaluation, checkpoint writes) are then watched for the hard
+    timeout only, since their length has no typical value to compare with."""
+
+    def __init__(self, cfg) -> None:
+        from kiln.faults.watchdog import Watchdog
+
+        self.enabled = cfg.enabled
+        self.watchdog = Watchdog(slow_factor=cfg.slow_factor, hard_timeout_s=cfg.hard_timeout_s)
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if self.enabled:
+            self.watchdog.start()
+
+    def on_step_start(self, trainer: Trainer) -> None:
+        self.watchdog.on_step_start(trainer.state.step + 1)
+
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        self.watchdog.on_step_end(metrics["step_time"])
+        self.watchdog.on_step_start(trainer.state.step, warn_slow=False)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.watchdog.stop()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.watchdog.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.watchdog.load_state_dict(state)
 
 
 class MetricsWriter(Callback):

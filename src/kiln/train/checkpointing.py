@@ -8,6 +8,7 @@
         train_state.json     step, tokens, data-loader and callback states
         rng.pt               torch / numpy / python RNG states (rank 0's; every rank restores them)
         config.yaml          the resolved experiment config
+        MANIFEST.json        size and SHA-256 of every file above, written last: the folder is complete only with it
 
 On several ranks every rank writes its own shards under dcp/ (a file system all ranks share is assumed), the
 weights are gathered into model.safetensors, and rank 0 writes the small files and renames the folder. DCP keys
@@ -17,7 +18,6 @@ tensors by parameter name, not by rank, so a checkpoint loads on any number of r
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import warnings
@@ -41,6 +41,7 @@ from torch.distributed.checkpoint.state_dict import (
 from kiln.checkpoint import WEIGHTS_FILE, read_model_config, save_model_dir
 from kiln.distributed import background_group, barrier, is_rank0
 from kiln.errors import KilnError
+from kiln.faults.manifest import MANIFEST, commit_checkpoint
 from kiln.model.config import ModelConfig
 
 STATE_FILE = "train_state.json"
@@ -58,12 +59,17 @@ def step_dir(run_dir: Path, step: int) -> Path:
     return run_dir / f"step{step:06d}"
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first; a folder counts only once its rename has happened."""
+def list_step_dirs(run_dir: Path) -> list[Path]:
+    """Every step folder, complete or not, oldest first: the candidates that resuming verifies."""
     if not run_dir.is_dir():
         return []
-    found = [p for p in run_dir.glob("step*") if p.is_dir() and p.name[4:].isdigit() and (p / STATE_FILE).is_file()]
+    found = [p for p in run_dir.glob("step*") if p.is_dir() and p.name[4:].isdigit()]
     return sorted(found, key=lambda p: int(p.name[4:]))
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Step folders sealed by their manifest, oldest first (`kiln.faults.manifest` verifies them in depth)."""
+    return [p for p in list_step_dirs(run_dir) if (p / MANIFEST).is_file()]
 
 
 def rng_state() -> dict[str, Any]:
@@ -140,25 +146,15 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
 
 
 def _publish(tmp: Path, final: Path) -> None:
-    """Rank 0 makes the finished folder visible under its step name, in one rename."""
+    """Rank 0 seals the finished folder with its manifest and makes it visible under its step name."""
     if is_rank0():
-        _fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        commit_checkpoint(tmp, final)
 
 
 def _write_error(tmp: Path, final: Path, err: OSError) -> KilnError:
     shutil.rmtree(tmp, ignore_errors=True)
     kept = ", ".join(p.name for p in list_checkpoints(final.parent)) or "none"
     return KilnError(f"could not write checkpoint {final}: {err}. Earlier checkpoints are intact: {kept}")
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int) -> None:

@@ -16,6 +16,7 @@ from kiln.model.config import ModelConfig
 from kiln.model.presets import PRESETS, preset
 from kiln.optim.adamw import OptimConfig
 from kiln.optim.schedule import ScheduleConfig
+from kiln.stability.config import StabilityConfig
 
 
 @dataclass
@@ -61,6 +62,16 @@ class CheckpointConfig:
     every: int = 200
     keep_last: int = 2
     save_final: bool = True
+    async_save: bool = False  # write the model/optimizer state in the background while training continues
+    verify_hashes: bool = False  # on resume, check SHA-256 of every file (sizes are always checked)
+    allow_fresh: bool = False  # start over when checkpoints exist but none verifies (default: stop with an error)
+
+
+@dataclass
+class WatchdogConfig:
+    enabled: bool = True
+    slow_factor: float = 5.0  # warn, with every thread's stack, when a step takes this x the median step
+    hard_timeout_s: float = 1800.0  # abort (exit code 75) when one step runs this long, for the supervisor
 
 
 @dataclass
@@ -90,7 +101,6 @@ class DistributedConfig:
     shard_size: int | None = None  # HSDP ranks per shard group; default LOCAL_WORLD_SIZE (one node)
     reshard_after_forward: bool = True  # FSDP: free gathered weights after forward (ZeRO-3), else keep (ZeRO-2)
     timeout_s: float = 600.0  # a collective waiting longer than this fails instead of hanging
-    async_checkpoint: bool = False  # write the sharded state in the background while training continues
 
 
 @dataclass
@@ -104,6 +114,8 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    stability: StabilityConfig = field(default_factory=StabilityConfig)
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
 
     @property
     def tokens_per_step(self) -> int:

@@ -14,11 +14,14 @@ from kiln.data.dataset import TokenDataset
 from kiln.data.loader import InstanceLoader, RepeatFilterConfig
 from kiln.data.tokenizer import check_same_tokenizer, token_byte_lengths, tokenizer_hash
 from kiln.errors import KilnError
+from kiln.faults.manifest import newest_valid_checkpoint
 from kiln.model.config import ModelConfig, flops_per_token
 from kiln.model.transformer import Transformer
 from kiln.optim.adamw import build_adamw
+from kiln.stability.monitor import StabilityMonitor
+from kiln.stability.rollback import Rollbacks
 from kiln.train import callbacks as cbs
-from kiln.train.checkpointing import check_same_shape, list_checkpoints, load_checkpoint
+from kiln.train.checkpointing import check_same_shape, list_step_dirs, load_checkpoint
 from kiln.train.config import TrainConfig
 from kiln.train.flops import peak_flops
 from kiln.train.trainer import NonFiniteLoss, Trainer
@@ -107,34 +110,45 @@ def build_run(cfg: TrainConfig, resume: bool | None = None) -> Run:
         (run_dir / "config.yaml").write_text(config_yaml)
     evaluator = cbs.Evaluator(val_loader, token_byte_lengths(tokenizer, model_cfg.padded_vocab_size),
                               cfg.eval.every, cfg.eval.max_batches)
+    monitor = StabilityMonitor(cfg.stability, run_dir, tokenizer, train_loader.locate)
+    watchdog = cbs.WatchdogCallback(cfg.watchdog)
     checkpointer = cbs.Checkpointer(run_dir, cfg.checkpoint.every, cfg.checkpoint.keep_last,
-                                    cfg.checkpoint.save_final, train_loader, tokenizer, config_yaml, stateful={},
-                                    async_save=cfg.distributed.async_checkpoint)
+                                    cfg.checkpoint.save_final, train_loader, tokenizer, config_yaml,
+                                    stateful={"stability": monitor, "watchdog": watchdog},
+                                    async_save=cfg.checkpoint.async_save)
     sampler = cbs.Sampler(run_dir, tokenizer, cfg.eval.prompts, cfg.eval.samples, cfg.eval.sample_tokens, tc.seed)
-    callbacks = [evaluator, checkpointer, sampler]
+    callbacks = [watchdog, evaluator, monitor, checkpointer, sampler]
     if rank == 0:
-        callbacks[2:2] = [cbs.MetricsWriter(run_dir, cfg.logging.tensorboard),
+        callbacks[4:4] = [cbs.MetricsWriter(run_dir, cfg.logging.tensorboard),
                           cbs.Progress(cfg.logging.progress, tc.log_every)]
     trainer = Trainer(cfg, wrapped, optimizer, iter(train_loader), device, callbacks,
                       flops_per_token(model_cfg, cfg.data.seq_len), peak_flops(device, tc.precision, tc.peak_flops),
                       world_size)
     if strategy in ("fsdp", "hsdp"):
         trainer.autocast_dtype = None  # FSDP's mixed-precision policy already computes in bf16
-    resumed_from = maybe_resume(run_dir, resume, model_cfg, tokenizer, trainer, train_loader, model)
+    if cfg.stability.rollback:
+        trainer.rollback_handler = Rollbacks(run_dir, cfg.stability.rollback_lr_factor, cfg.stability.max_rollbacks)
+    resumed_from = maybe_resume(cfg, resume, model_cfg, tokenizer, trainer, train_loader, model,
+                                checkpointer.stateful)
     if tc.compile and strategy == "none":
         trainer.model = torch.compile(model)
     return Run(cfg, run_dir, model, trainer, train_loader, checkpointer, resumed_from)
 
 
-def maybe_resume(run_dir: Path, resume: bool | None, model_cfg: ModelConfig, tokenizer, trainer: Trainer,
-                 loader: InstanceLoader, model: Transformer) -> Path | None:
-    """Every rank loads the newest checkpoint, whatever number of ranks wrote it (DCP reshards on load)."""
-    found = list_checkpoints(run_dir)
-    if not found:
+def maybe_resume(cfg: TrainConfig, resume: bool | None, model_cfg: ModelConfig, tokenizer, trainer: Trainer,
+                 loader: InstanceLoader, model: Transformer, stateful: dict) -> Path | None:
+    """Every rank loads the newest checkpoint that verifies, whatever number of ranks wrote it (DCP reshards).
+
+    A newer checkpoint that is partial or corrupt is skipped with a warning naming it and why; when checkpoints
+    exist but none verifies, the run stops rather than silently starting over (unless checkpoint.allow_fresh).
+    """
+    run_dir = Path(cfg.trainer.run_dir)
+    path = newest_valid_checkpoint(run_dir, list_step_dirs, hashes=cfg.checkpoint.verify_hashes,
+                                   allow_fresh=cfg.checkpoint.allow_fresh)
+    if path is None:
         if resume:
             raise KilnError(f"--resume was given but {run_dir} holds no complete checkpoint")
         return None
-    path = found[-1]
     check_same_shape(path, model_cfg, model)
     from kiln.checkpoint import load_checkpoint_tokenizer
 
@@ -143,7 +157,11 @@ def maybe_resume(run_dir: Path, resume: bool | None, model_cfg: ModelConfig, tok
         check_same_tokenizer(tokenizer_hash(saved_tok), tokenizer, f"the data of resumed run {run_dir}")
     state = load_checkpoint(path, model, trainer.optimizer)
     trainer.state.step, trainer.state.tokens = state["step"], state["tokens"]
+    trainer.state.lr_scale = state.get("lr_scale", 1.0)
     loader.load_state_dict(state["loader"])
+    for name, callback in stateful.items():
+        if name in state.get("callbacks", {}):
+            callback.load_state_dict(state["callbacks"][name])
     trainer.batches = iter(loader)
     log.info("resumed from %s at step %d", path, state["step"])
     return path
@@ -173,6 +191,10 @@ def train(cfg: TrainConfig, resume: bool | None = None) -> Run:
             run.trainer.fit()
         except NonFiniteLoss as err:
             raise NonFiniteLoss(cbs.describe_nan(err, run.checkpointer)) from None
+        finally:
+            for callback in run.trainer.callbacks:
+                if isinstance(callback, cbs.WatchdogCallback):
+                    callback.watchdog.stop()
     if owns_group:
         distributed.shutdown_distributed()
     return run

@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,10 +19,24 @@ from kiln.optim.schedule import lr_multiplier
 from kiln.train.config import TrainConfig
 
 
-class Callback(Protocol):
-    def on_fit_start(self, trainer: Trainer) -> None: ...
-    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None: ...
-    def on_fit_end(self, trainer: Trainer) -> None: ...
+class Callback:
+    """No-op hooks, in the order the trainer calls them; subclasses override what they need."""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        pass
+
+    def on_step_start(self, trainer: Trainer) -> None:
+        pass
+
+    def before_optimizer_step(self, trainer: Trainer, loss: float, grad_norm: float) -> bool:
+        """Gradients are ready; return True to skip this update (skip-step)."""
+        return False
+
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        pass
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        pass
 
 
 class NonFiniteLoss(KilnError):
@@ -33,6 +47,7 @@ class NonFiniteLoss(KilnError):
 class TrainState:
     step: int = 0
     tokens: int = 0
+    lr_scale: float = 1.0  # lowered by each rollback, saved with checkpoints
 
 
 def loss_terms(logits: Tensor, labels: Tensor, n_targets: int, z_weight: float) -> tuple[Tensor, Tensor]:
@@ -62,6 +77,9 @@ class Trainer:
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self.state = TrainState()
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.last_batches: list = []  # the current step's micro-batches, for spike forensics
+        self.rollback_handler = None  # called with a reason when a rollback is requested (stability.rollback)
+        self._rollback_reason: str | None = None
         self.autocast_dtype = torch.bfloat16 if cfg.trainer.precision == "bf16" else None  # None: FSDP casts
 
     @property
@@ -75,12 +93,20 @@ class Trainer:
             cb.on_fit_start(self)
         while self.state.step < self.cfg.trainer.steps:
             start = time.perf_counter()
-            micro_batches = [next(self.batches) for _ in range(self.cfg.trainer.grad_accum)]
-            metrics = self.train_step(micro_batches)
+            for cb in self.callbacks:
+                cb.on_step_start(self)
+            self.last_batches = [next(self.batches) for _ in range(self.cfg.trainer.grad_accum)]
+            try:
+                metrics = self.train_step(self.last_batches)
+            except NonFiniteLoss as err:
+                self.handle_rollback(str(err), err)
+                continue
             metrics["step_time"] = time.perf_counter() - start
             metrics.update(self.throughput(metrics["step_time"]))
             for cb in self.callbacks:
                 cb.on_step_end(self, metrics)
+            if self._rollback_reason is not None:
+                self.handle_rollback(self._rollback_reason)
         for cb in self.callbacks:
             cb.on_fit_end(self)
 
@@ -102,12 +128,28 @@ class Trainer:
         if not math.isfinite(ce_sum + z_sum):
             raise NonFiniteLoss(f"loss is {ce_sum + z_sum} at step {self.state.step + 1}")
         grad_norm = clip_grad_norm(self.model.parameters(), self.cfg.optim.grad_clip or math.inf)
-        self.optimizer.step()
+        skip = any([cb.before_optimizer_step(self, ce_sum + z_sum, grad_norm) for cb in self.callbacks])
+        if not skip:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.state.tokens += tokens_this_step
         return {"step": self.state.step, "loss": ce_sum, "z_loss": z_sum, "grad_norm": grad_norm, "lr": lr,
                 "tokens": self.state.tokens}
+
+    def request_rollback(self, reason: str) -> None:
+        """Ask for a rollback once the current step's callbacks have run."""
+        self._rollback_reason = reason
+
+    def handle_rollback(self, reason: str, error: Exception | None = None) -> None:
+        """Roll back through the handler when one is set; otherwise a NaN loss ends the run."""
+        self._rollback_reason = None
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.rollback_handler is None:
+            if error is not None:
+                raise error
+            return
+        self.rollback_handler(self, reason)
 
     def forward_loss(self, batch, n_targets: int) -> tuple[Tensor, Tensor]:
         input_ids = batch.input_ids.to(self.device, non_blocking=True)
@@ -124,8 +166,8 @@ class Trainer:
 
     def set_lr(self, multiplier: float) -> float:
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
-            group["lr"] = base * multiplier
-        return self.base_lrs[0] * multiplier
+            group["lr"] = base * multiplier * self.state.lr_scale
+        return self.base_lrs[0] * multiplier * self.state.lr_scale
 
     def throughput(self, step_time: float) -> dict[str, float]:
         tokens_per_s = self.cfg.tokens_per_step / step_time  # per device
