@@ -6,11 +6,11 @@ from kiln.config import ConfigKeyError, parse_overrides
 from kiln.model.config import ConfigError
 from kiln.train.config import TrainConfig, load_config
 
-RECIPES = sorted((Path(__file__).parents[2] / "recipes").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).parents[2] / "recipes").rglob("*.yaml"))
 
 
 def test_recipes_exist():
-    assert len(RECIPES) >= 3
+    assert len(RECIPES) >= 5
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
