@@ -52,7 +52,7 @@ def main() -> None:
                     trainer.train_step([next(trainer.batches)])
                     step_times.append(time.perf_counter() - start)
                 stalls[mode].append(timed_save(trainer, checkpointer))
-        for mode, (trainer, checkpointer) in runs.items():
+        for mode, (_, checkpointer) in runs.items():
             start = time.perf_counter()
             checkpointer.finish_pending()
             stalls[mode][-1] += time.perf_counter() - start

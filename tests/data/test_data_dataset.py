@@ -4,10 +4,11 @@ import json
 
 import numpy as np
 import pytest
-from conftest import numbered_docs, write_dataset
 
 from kiln.data.dataset import TokenDataset
 from kiln.errors import KilnError
+
+from .conftest import numbered_docs, write_dataset
 
 
 def test_open_reads_tokens_and_documents_across_shards(tmp_path):

@@ -6,11 +6,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import numbered_docs, write_dataset
 
 from kiln.data.dataset import TokenDataset
 from kiln.data.loader import InstanceLoader
 from kiln.errors import KilnError
+
+from .conftest import numbered_docs, write_dataset
 
 SEQ = 16
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from gen_tiny import tiny_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from kiln.checkpoint import save_model_dir
 from kiln.cli import main
+
+from .gen_tiny import tiny_model
 
 WORDS = ["<|endoftext|>", "<|pad|>", "hello", "world", "the", "quick", "brown", "fox"]
 

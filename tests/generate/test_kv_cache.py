@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gen_tiny import random_prompts, tiny_model
 
 from kiln.generate import Decoder, generate, sample_next
 from kiln.model.transformer import KVCache
+
+from .gen_tiny import random_prompts, tiny_model
 
 
 @pytest.mark.parametrize("overrides", [dict(), dict(n_kv_heads=None, tie_embeddings=True), dict(n_kv_heads=1)])

@@ -6,10 +6,11 @@ import math
 
 import pytest
 import torch
-from gen_tiny import random_prompts, tiny_model
 
 from kiln.errors import KilnError
 from kiln.generate import filter_top_k, filter_top_p, generate, sample_next
+
+from .gen_tiny import random_prompts, tiny_model
 
 NEG_INF = float("-inf")
 

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from hf_tiny import random_model, tiny_config, tiny_tokenizer
 
 import kiln
 from kiln.checkpoint import (
@@ -19,6 +18,8 @@ from kiln.checkpoint import (
 )
 from kiln.errors import KilnError
 from kiln.model.transformer import Transformer
+
+from .hf_tiny import random_model, tiny_config, tiny_tokenizer
 
 
 def test_save_load_round_trip_is_exact(tmp_path):

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from hf_tiny import random_model, tiny_config, tiny_tokenizer
 from safetensors.torch import load_file, save_file
 
 import kiln
@@ -14,6 +13,8 @@ from kiln.checkpoint import load_model_dir, save_model_dir
 from kiln.cli import main
 from kiln.errors import KilnError
 from kiln.hf.convert import config_from_hf, config_to_hf, export_hf, import_hf
+
+from .hf_tiny import random_model, tiny_config, tiny_tokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -120,22 +120,25 @@ def norm_param_count(cfg: ModelConfig, dim: int) -> int:
     return dim * (2 if cfg.norm == "layernorm" and cfg.norm_bias else 1)
 
 
+def layer_matmul_param_count(cfg: ModelConfig) -> int:
+    """Weights of one block's matrix multiplies: the q/k/v and output projections and the MLP."""
+    d, q_out, kv_out = cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    n_in = 2 if cfg.mlp == "swiglu" else 1
+    return d * (q_out + 2 * kv_out) + q_out * d + n_in * d * cfg.d_ff + cfg.d_ff * d
+
+
 def layer_param_count(cfg: ModelConfig) -> int:
-    """Parameters of one transformer block."""
+    """Parameters of one transformer block: matmul weights, biases and norm weights."""
     d, hd = cfg.d_model, cfg.head_dim
     q_out, kv_out = cfg.n_heads * hd, cfg.kv_heads * hd
-    attn = d * (q_out + 2 * kv_out) + q_out * d
+    count = layer_matmul_param_count(cfg) + 2 * norm_param_count(cfg, d)
     if cfg.bias:
-        attn += q_out + 2 * kv_out + d
+        count += q_out + 2 * kv_out + d + (2 if cfg.mlp == "swiglu" else 1) * cfg.d_ff + d
     if cfg.qk_norm == "full":
-        attn += norm_param_count(cfg, q_out) + norm_param_count(cfg, kv_out)
+        count += norm_param_count(cfg, q_out) + norm_param_count(cfg, kv_out)
     elif cfg.qk_norm == "per_head":
-        attn += 2 * norm_param_count(cfg, hd)
-    n_in = 2 if cfg.mlp == "swiglu" else 1
-    mlp = n_in * d * cfg.d_ff + cfg.d_ff * d
-    if cfg.bias:
-        mlp += n_in * cfg.d_ff + d
-    return attn + mlp + 2 * norm_param_count(cfg, d)
+        count += 2 * norm_param_count(cfg, hd)
+    return count
 
 
 def param_counts(cfg: ModelConfig) -> dict[str, int]:
@@ -149,11 +152,11 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
 def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> int:
     """Training FLOPs per token (forward + backward): 6 * N_matmul + 12 * L * d * T.
 
-    N_matmul counts every weight used in a matmul (blocks and output head, not the embedding lookup); the
-    second term is attention's QK^T and AV products at context T. This is the estimate of PaLM (Chowdhery et
-    al., 2022, Appendix B), which counts the full T x T score matrix even under a causal mask.
+    N_matmul counts every weight used in a matmul (blocks and output head; not the embedding lookup, norms or
+    biases); the second term is attention's QK^T and AV products at context T. This is the estimate of PaLM
+    (Chowdhery et al., 2022, Appendix B), which counts the full T x T score matrix even under a causal mask.
     """
     seq_len = seq_len or cfg.max_seq_len
-    matmul_params = cfg.n_layers * layer_param_count(cfg) + cfg.padded_vocab_size * cfg.d_model
+    matmul_params = cfg.n_layers * layer_matmul_param_count(cfg) + cfg.padded_vocab_size * cfg.d_model
     attention = 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
     return 6 * matmul_params + attention

@@ -13,6 +13,35 @@ from torch import Tensor, nn
 from kiln.model.config import ModelConfig
 
 
+class _RMSNormFunction(torch.autograd.Function):
+    """x / rms(x) * weight in fp32, with a hand-written backward.
+
+    On CPU, autograd splits the backward of `F.rms_norm` into about a dozen elementwise kernels; this one
+    reads each tensor about half as often, which shows in the training step of small models.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
+        x32 = x.float()
+        rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)  # (..., 1)
+        ctx.save_for_backward(x, rstd, weight)
+        y = x32 * rstd
+        return (y if weight is None else y * weight.float()).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None, None]:
+        x, rstd, weight = ctx.saved_tensors
+        x_hat, grad = x.float() * rstd, grad.float()
+        grad_weight = None
+        if weight is not None and ctx.needs_input_grad[1]:
+            grad_weight = (grad * x_hat).flatten(0, -2).sum(0).to(weight.dtype)
+        grad_x_hat = grad if weight is None else grad * weight.float()
+        # d/dx of x_hat = x * rstd: rstd * (g - x_hat * mean(g * x_hat)) for g = grad_x_hat.
+        mean_dot = (grad_x_hat * x_hat).mean(-1, keepdim=True)
+        grad_x = torch.addcmul(grad_x_hat, x_hat, mean_dot, value=-1).mul_(rstd)
+        return grad_x.to(x.dtype), grad_weight, None
+
+
 class RMSNorm(nn.Module):
     """RMSNorm computed in fp32 whatever the activation dtype, as OLMo 2 does."""
 
@@ -22,8 +51,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if affine else None
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        return F.rms_norm(x.float(), (self.dim,), weight, self.eps).to(x.dtype)
+        return _RMSNormFunction.apply(x, self.weight, self.eps)
 
 
 class LayerNorm(nn.LayerNorm):
@@ -42,18 +70,39 @@ def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
 
 
 def rope_tables(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
-    """cos and sin of shape (B, T, 1, D) for integer positions (B, T); halves layout (GPT-NeoX, HF)."""
+    """cos and sin of shape (B, T, 1, D/2) for integer positions (B, T): one angle per pair (i, i + D/2)."""
     inv_freq = theta ** -(torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    angles = positions.float()[..., None] * inv_freq  # (B, T, D/2)
-    angles = torch.cat((angles, angles), dim=-1)[:, :, None, :]
+    angles = (positions.float()[..., None] * inv_freq)[:, :, None, :]  # (B, T, 1, D/2)
     return angles.cos(), angles.sin()
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate each pair (x_i, x_{i+D/2}) of (B, T, heads, D) by its angle (halves layout: GPT-NeoX, HF), in fp32."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    out1, out2 = out.chunk(2, dim=-1)
+    torch.mul(x1, cos, out=out1).addcmul_(x2, sin, value=-1)  # x1 cos - x2 sin
+    torch.mul(x2, cos, out=out2).addcmul_(x1, sin)  # x2 cos + x1 sin
+    return out
+
+
+class _RopeFunction(torch.autograd.Function):
+    """RoPE without autograd's copies: a rotation's gradient is the rotation by the opposite angle."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad, cos, -sin).to(grad.dtype), None, None
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate (B, T, heads, D) by position; computed in fp32 and cast back."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return (x.float() * cos + rotated * sin).to(x.dtype)
+    return _RopeFunction.apply(x, cos, sin)
 
 
 class KVCache:
@@ -97,6 +146,7 @@ class Attention(nn.Module):
         if cfg.clip_qkv is not None:  # OLMo 1: clamp projections to tame activations
             qkv = qkv.clamp(-cfg.clip_qkv, cfg.clip_qkv)
         q, k, v = qkv.split((self.q_dim, self.kv_dim, self.kv_dim), dim=-1)
+        q, k = q.float(), k.float()  # fp32 through QK-norm and RoPE, one cast back after (no-op in fp32)
         if cfg.qk_norm == "full":
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(B, T, cfg.n_heads, cfg.head_dim)  # (B, T, H, D)
@@ -104,12 +154,12 @@ class Attention(nn.Module):
         v = v.view(B, T, cfg.kv_heads, cfg.head_dim)
         if cfg.qk_norm == "per_head":
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k = apply_rope(q, *rope).to(v.dtype), apply_rope(k, *rope).to(v.dtype)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, K, S, D)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and cache is None,
+            q, k, v, attn_mask=mask, is_causal=mask is None,  # None only when start == 0, so S == T
             enable_gqa=cfg.kv_heads != cfg.n_heads,
         )  # (B, H, T, D)
         return self.out(y.transpose(1, 2).reshape(B, T, self.q_dim))

@@ -24,11 +24,14 @@ log = logging.getLogger("kiln.train")
 
 
 class Evaluator(Callback):
-    """Every `every` steps and at the end: validation loss, perplexity and bits per byte on held-out documents."""
+    """Every `every` steps and at the end: validation loss, perplexity and bits per byte on held-out documents,
+    beside the unigram baseline (`val_unigram_loss`) that a model ignoring context would reach."""
 
-    def __init__(self, val_loader, token_bytes: np.ndarray, every: int, max_batches: int) -> None:
+    def __init__(self, val_loader, token_bytes: np.ndarray, every: int, max_batches: int,
+                 unigram_loss: float | None = None) -> None:
         self.val_loader, self.every, self.max_batches = val_loader, every, max_batches
         self.token_bytes = torch.as_tensor(token_bytes, dtype=torch.float64)
+        self.unigram_loss = unigram_loss
         self.last: dict[str, float] = {}
 
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
@@ -57,7 +60,10 @@ class Evaluator(Callback):
         if tokens == 0:
             raise KilnError("the validation split is empty; raise data.val_fraction or use more data")
         loss = nats / tokens
-        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_bpb": nats / math.log(2) / max(n_bytes, 1)}
+        out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_bpb": nats / math.log(2) / max(n_bytes, 1)}
+        if self.unigram_loss is not None:
+            out["val_unigram_loss"] = self.unigram_loss
+        return out
 
     def rank_batches(self) -> Iterator[Batch]:
         """This rank's first `max_batches` batches, padded with all-ignored ones where the split ran out early.
@@ -212,7 +218,8 @@ class Progress(Callback):
 
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         if "val_loss" in metrics:
-            self._write(f"step {metrics['step']}: val_loss {metrics['val_loss']:.4f} "
+            unigram = f" (unigram baseline {metrics['val_unigram_loss']:.4f})" if "val_unigram_loss" in metrics else ""
+            self._write(f"step {metrics['step']}: val_loss {metrics['val_loss']:.4f}{unigram} "
                         f"val_ppl {metrics['val_ppl']:.2f} val_bpb {metrics['val_bpb']:.4f}")
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")

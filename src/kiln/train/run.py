@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from kiln import distributed
+from kiln.data.baseline import unigram_cross_entropy
 from kiln.data.dataset import TokenDataset
 from kiln.data.loader import InstanceLoader, RepeatFilterConfig
 from kiln.data.tokenizer import check_same_tokenizer, token_byte_lengths, tokenizer_hash
@@ -108,8 +109,9 @@ def build_run(cfg: TrainConfig, resume: bool | None = None) -> Run:
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     if rank == 0:
         (run_dir / "config.yaml").write_text(config_yaml)
+    unigram = unigram_cross_entropy(train_loader.views, val_loader.views, model_cfg.padded_vocab_size)
     evaluator = cbs.Evaluator(val_loader, token_byte_lengths(tokenizer, model_cfg.padded_vocab_size),
-                              cfg.eval.every, cfg.eval.max_batches)
+                              cfg.eval.every, cfg.eval.max_batches, unigram)
     monitor = StabilityMonitor(cfg.stability, run_dir, tokenizer, train_loader.locate)
     watchdog = cbs.WatchdogCallback(cfg.watchdog)
     checkpointer = cbs.Checkpointer(run_dir, cfg.checkpoint.every, cfg.checkpoint.keep_last,
