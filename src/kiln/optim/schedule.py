@@ -14,7 +14,7 @@ from typing import Literal
 class ScheduleConfig:
     name: Literal["cosine", "linear", "wsd", "constant"] = "cosine"
     units: Literal["steps", "tokens"] = "steps"
-    warmup: int = 50  # in `units`
+    warmup: int = 30  # in `units`
     min_lr_ratio: float = 0.1  # floor of cosine/linear/WSD as a fraction of the peak
     decay_fraction: float = 0.2  # WSD: share of the run spent decaying
 

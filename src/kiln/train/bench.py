@@ -45,9 +45,13 @@ def bench(cfg: TrainConfig, steps: int = 20, warmup: int = 5, compare_bare: bool
         fixed = [next(trainer.batches) for _ in range(cfg.trainer.grad_accum)]
 
         def full_step() -> None:
+            start = time.perf_counter()
+            for cb in trainer.callbacks:
+                cb.on_step_start(trainer)
             micro = [next(trainer.batches) for _ in range(cfg.trainer.grad_accum)]
             metrics = trainer.train_step(micro)
-            metrics.update(trainer.throughput(1.0))
+            metrics["step_time"] = time.perf_counter() - start
+            metrics.update(trainer.throughput(metrics["step_time"]))
             for cb in trainer.callbacks:
                 cb.on_step_end(trainer, metrics)
 

@@ -43,7 +43,7 @@ class DataConfig:
 @dataclass
 class TrainerConfig:
     run_dir: str = "runs/main"
-    steps: int = 600
+    steps: int = 240
     micro_batch_size: int = 16
     grad_accum: int = 1
     seed: int = 0
@@ -59,7 +59,7 @@ class TrainerConfig:
 
 @dataclass
 class CheckpointConfig:
-    every: int = 200
+    every: int = 120
     keep_last: int = 2
     save_final: bool = True
     async_save: bool = False  # write the model/optimizer state in the background while training continues
@@ -76,8 +76,8 @@ class WatchdogConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = 100
-    max_batches: int = 20
+    every: int = 80
+    max_batches: int = 10
     samples: int = 2
     sample_tokens: int = 48
     prompts: list[str] = field(default_factory=lambda: ["ROMEO:", "To be, or not to be"])

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kiln.distributed import clip_grad_norm, grad_sync, sum_across_ranks
@@ -55,15 +54,17 @@ def loss_terms(logits: Tensor, labels: Tensor, n_targets: int, z_weight: float) 
 
     Dividing by the step's total target count, not each micro-batch's, weights every token equally under
     gradient accumulation. The z-loss (PaLM; OLMo 2 and Chameleon use 1e-5) keeps the softmax normaliser near 1.
+    Both come from one logsumexp over the vocabulary, so the z-loss costs no second pass over the logits.
     """
-    logits = logits.float().flatten(0, 1)
+    logits = logits.float().flatten(0, 1)  # (N, V)
     labels = labels.flatten()
-    ce = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum") / n_targets
+    keep = (labels != -100).to(logits.dtype)
+    lse = torch.logsumexp(logits, dim=-1)  # (N,)
+    target = logits.gather(1, labels.clamp(min=0)[:, None]).squeeze(1)
+    ce = ((lse - target) * keep).sum() / n_targets
     if z_weight == 0:
         return ce, torch.zeros((), device=logits.device)
-    keep = labels != -100
-    z = torch.logsumexp(logits[keep], dim=-1).pow(2).sum() * z_weight / n_targets
-    return ce, z
+    return ce, (lse.pow(2) * keep).sum() * z_weight / n_targets
 
 
 class Trainer:
