@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from kiln.train.config import TrainConfig, load_config
+from kiln.train.run import train
+from kiln.train.trainer import Trainer
 
 
 def tiny_config(dataset: Path, run_dir: Path, **sections) -> TrainConfig:
@@ -22,3 +26,18 @@ def tiny_config(dataset: Path, run_dir: Path, **sections) -> TrainConfig:
     for section, values in sections.items():
         base[section] = {**base.get(section, {}), **values}
     return load_config(None, base)
+
+
+def train_until_crash(cfg: TrainConfig, crash_at: int, monkeypatch) -> None:
+    """Run `cfg` and crash it as step `crash_at` begins, as a killed process would (after earlier checkpoints)."""
+    original = Trainer.train_step
+
+    def crashing(self, micro_batches):
+        if self.state.step == crash_at - 1:
+            raise RuntimeError("simulated crash")
+        return original(self, micro_batches)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "train_step", crashing)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train(cfg)

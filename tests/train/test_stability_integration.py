@@ -2,15 +2,13 @@
 
 import json
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
 from kiln.model import Transformer
 from kiln.train.run import train
-from kiln.train.trainer import Trainer
 
-from .conftest import tiny_config
+from .conftest import tiny_config, train_until_crash
 
 
 def _metrics(run_dir):
@@ -82,17 +80,7 @@ def test_monitor_state_survives_resume(tiny_dataset, tmp_path, monkeypatch):
     """Spike scores and growth continue across a resume exactly as in an uninterrupted run."""
     stability = {"window": 2, "k": -1.5, "layer_stats_every": 2}  # a low bar, so some steps are spikes
     train(tiny_config(tiny_dataset, tmp_path / "whole", stability=stability))
-    original = Trainer.train_step
-
-    def crash_at_step_5(self, micro_batches):
-        if self.state.step == 4:
-            raise RuntimeError("simulated crash")
-        return original(self, micro_batches)
-
-    monkeypatch.setattr(Trainer, "train_step", crash_at_step_5)
-    with pytest.raises(RuntimeError):
-        train(tiny_config(tiny_dataset, tmp_path / "split", stability=stability))
-    monkeypatch.setattr(Trainer, "train_step", original)
+    train_until_crash(tiny_config(tiny_dataset, tmp_path / "split", stability=stability), 5, monkeypatch)
     train(tiny_config(tiny_dataset, tmp_path / "split", stability=stability))
     volatile = {"step_time", "tokens_per_s", "mfu"}
     whole, split = _metrics(tmp_path / "whole"), _metrics(tmp_path / "split")

@@ -15,7 +15,7 @@ from kiln.train import checkpointing
 from kiln.train.run import build_run, train
 from kiln.train.trainer import Trainer, loss_terms
 
-from .conftest import tiny_config
+from .conftest import tiny_config, train_until_crash
 
 
 def _weights(run_dir):
@@ -101,17 +101,7 @@ def test_same_seed_same_weights_different_seed_different(tiny_dataset, tmp_path)
 def test_resume_after_a_crash_is_bitwise_identical(tiny_dataset, tmp_path, monkeypatch):
     train(tiny_config(tiny_dataset, tmp_path / "whole"))
     cfg = tiny_config(tiny_dataset, tmp_path / "broken")
-    original = Trainer.train_step
-
-    def crash_at_step_5(self, micro_batches):
-        if self.state.step == 4:
-            raise RuntimeError("simulated crash")
-        return original(self, micro_batches)
-
-    monkeypatch.setattr(Trainer, "train_step", crash_at_step_5)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(copy.deepcopy(cfg))
-    monkeypatch.setattr(Trainer, "train_step", original)
+    train_until_crash(copy.deepcopy(cfg), 5, monkeypatch)
     assert [p.name for p in checkpointing.list_checkpoints(tmp_path / "broken")] == ["step000003"]
     run = train(cfg)  # the same command again resumes by itself
     assert run.resumed_from.name == "step000003"
