@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import time
 from collections import Counter
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 
-from kiln.faults.doctor import STATUSES, CheckResult, Probe, exact_matmuls, rate, tensor_bits
+from kiln.faults.doctor import STATUSES, CheckResult, Probe, exact_matmuls, tensor_bits
 
 MAX_NAMED_RANKS = 8
 
@@ -29,8 +31,7 @@ def check_all_reduce(probe: Probe) -> CheckResult:
     wrong = int((ints != ramp * (world * (world + 1) // 2)).sum()) + int((ones != world).sum())
     n_bytes = 16 << 20 if probe.quick else 64 << 20
     payload = torch.ones(n_bytes // 4, device=probe.device)
-    dist.barrier()
-    per_s = rate(probe, lambda: dist.all_reduce(payload), probe.seconds())
+    per_s = collective_rate(probe, lambda: dist.all_reduce(payload), 5 if probe.quick else 20)
     bus = n_bytes * per_s * 2 * (world - 1) / world
     metrics = {"bus_bytes_per_s": bus, "wrong_elements": wrong, "world_size": world}
     if wrong:
@@ -40,6 +41,19 @@ def check_all_reduce(probe: Probe) -> CheckResult:
     summary = f"exact sums over {world} ranks; {bus / 1e9:,.2f} GB/s bus bandwidth ({n_bytes >> 20} MiB)"
     hint = ("" if status == "pass" else "NCCL may be falling back to sockets: check NCCL_DEBUG=INFO for the transport")
     return CheckResult("all-reduce", status, summary, "network" if hint else "", hint, metrics)
+
+
+def collective_rate(probe: Probe, fn: Callable[[], object], calls: int) -> float:
+    """Calls of the collective `fn` per second over a fixed count: every rank must issue the same number of calls,
+    so the count cannot depend on each rank's own clock (that would leave one rank waiting for ever)."""
+    fn()
+    probe.sync()
+    dist.barrier()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    probe.sync()
+    return calls / (time.perf_counter() - start)
 
 
 def odd_ranks(results: list[tuple[str, str]]) -> list[int]:
