@@ -196,3 +196,20 @@ def test_activation_checkpointing_gives_the_same_weights(tiny_dataset, tmp_path)
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_loss_gradients_equal_autograd_of_the_plain_formula():
+    torch.manual_seed(0)
+    logits = (torch.randn(3, 5, 11) * 4).requires_grad_()
+    labels = torch.randint(0, 11, (3, 5))
+    labels[0, :2] = -100
+    n = int((labels != -100).sum())
+    ce, z = loss_terms(logits, labels, n, z_weight=0.1)
+    (2.0 * ce + 3.0 * z).backward()
+    reference = logits.detach().clone().requires_grad_()
+    flat, keep = reference.flatten(0, 1), labels.flatten() != -100
+    ref_ce = torch.nn.functional.cross_entropy(flat, labels.flatten(), ignore_index=-100, reduction="sum") / n
+    ref_z = torch.logsumexp(flat[keep], dim=-1).pow(2).sum() * 0.1 / n
+    (2.0 * ref_ce + 3.0 * ref_z).backward()
+    torch.testing.assert_close(logits.grad, reference.grad)
+    assert ce.item() == pytest.approx(ref_ce.item()) and z.item() == pytest.approx(ref_z.item())
