@@ -213,3 +213,15 @@ def test_loss_gradients_equal_autograd_of_the_plain_formula():
     (2.0 * ref_ce + 3.0 * ref_z).backward()
     torch.testing.assert_close(logits.grad, reference.grad)
     assert ce.item() == pytest.approx(ref_ce.item()) and z.item() == pytest.approx(ref_z.item())
+
+
+def test_tensorboard_event_files_hold_the_step_metrics(tiny_dataset, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = train(tiny_config(tiny_dataset, tmp_path / "run", logging={"tensorboard": True, "progress": "lines"}))
+    events = EventAccumulator(str(run.run_dir / "tensorboard"))
+    events.Reload()
+    losses = [e.value for e in events.Scalars("loss")]
+    logged = [json.loads(x)["loss"] for x in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert losses == pytest.approx(logged)
+    assert [e.step for e in events.Scalars("val_loss")] == [3, 6]
