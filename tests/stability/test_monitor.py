@@ -16,10 +16,10 @@ class FakeTrainer:
         self.model = model
         self.state = SimpleNamespace(step=0)
         self.last_batches = []
-        self.rollbacks: list[str] = []
+        self.rollbacks: list[tuple[str, int | None]] = []
 
-    def request_rollback(self, reason: str) -> None:
-        self.rollbacks.append(reason)
+    def request_rollback(self, reason: str, before_step: int | None = None) -> None:
+        self.rollbacks.append((reason, before_step))
 
 
 def _run(monitor, trainer, series):
@@ -65,7 +65,7 @@ def test_rollback_is_requested_after_k_spikes_in_a_row(tmp_path):
     series = _series(n=30)
     series[25], series[26] = (5.0, 1.0), (500.0, 1.0)  # two in a row, the second above the first's inflated std
     _run(monitor, trainer, series)
-    assert trainer.rollbacks == ["2 spikes in a row"]
+    assert trainer.rollbacks == [("2 spikes in a row", 26)]  # back to before the streak's first step
 
 
 def test_state_round_trip(tmp_path):

@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
+from kiln.errors import KilnError
 from kiln.model import Transformer
 from kiln.train.run import train
 
@@ -89,3 +91,17 @@ def test_monitor_state_survives_resume(tiny_dataset, tmp_path, monkeypatch):
         assert {k: v for k, v in a.items() if k not in volatile} == {k: v for k, v in b.items() if k not in volatile}
     assert any(m["loss_spike"] or m["grad_norm_spike"] for m in whole)
     assert "layer/1/attn_logit_max" in whole[1] and "layer/0/update_ratio" in whole[3]
+
+
+def test_rollback_after_a_spike_streak_restores_a_checkpoint_from_before_it(tiny_dataset, tmp_path):
+    """Every step from 3 on is a spike (k = -1e9): after steps 3 and 4 the run goes back to step 2, not to the
+    checkpoints of steps 3 and 4 that already hold spiking updates; after max_rollbacks it stops."""
+    run_dir = tmp_path / "run"
+    cfg = tiny_config(tiny_dataset, run_dir, checkpoint={"every": 1, "keep_last": 10}, eval={"every": 0},
+                      stability={"window": 2, "k": -1e9, "rollback": True, "rollback_after": 2, "max_rollbacks": 2,
+                                 "layer_stats_every": 0, "forensics": False})
+    with pytest.raises(KilnError, match="after 2 rollbacks"):
+        train(cfg)
+    records = [json.loads(x) for x in (run_dir / "rollbacks.jsonl").read_text().splitlines()]
+    assert [(r["at_step"], r["restored"]) for r in records] == [(4, "step000002"), (4, "step000002")]
+    assert [r["lr_scale"] for r in records] == [0.5, 0.25]

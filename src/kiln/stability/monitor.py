@@ -23,7 +23,7 @@ class StabilityMonitor(Callback):
         self.cfg, self.run_dir, self.tokenizer, self.locate = cfg, run_dir, tokenizer, locate
         self.detectors = {"loss": SpikeDetector(cfg.window, cfg.k), "grad_norm": SpikeDetector(cfg.window, cfg.k)}
         self.score, self.growth = SpikeScore(cfg.window), GrowthTracker(cfg.window)
-        self.in_a_row, self.skipped = 0, 0
+        self.in_a_row, self.streak_start, self.skipped = 0, 0, 0
         self._probe = self._before = None
         self._step: dict[str, Any] = {}
 
@@ -55,11 +55,14 @@ class StabilityMonitor(Callback):
         metrics["skipped_total"] = self.skipped
         self._finish_layer_stats(trainer, metrics)
         self.in_a_row = self.in_a_row + 1 if spike else 0
+        if self.in_a_row == 1:
+            self.streak_start = metrics["step"]
         if spike and self.cfg.forensics:
             records = forensics.describe_batch(trainer.last_batches, self.tokenizer, self.locate)
             forensics.save_spike(self.run_dir, metrics["step"], metrics, records)
         if self.cfg.rollback and self.in_a_row >= self.cfg.rollback_after:
-            trainer.request_rollback(f"{self.in_a_row} spikes in a row")
+            # a checkpoint saved during the streak already holds its updates: go back to one from before it
+            trainer.request_rollback(f"{self.in_a_row} spikes in a row", before_step=self.streak_start)
             self.in_a_row = 0
 
     def _finish_layer_stats(self, trainer, metrics: dict[str, Any]) -> None:
@@ -77,12 +80,13 @@ class StabilityMonitor(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {"detectors": {k: d.state_dict() for k, d in self.detectors.items()}, "score": self.score.state_dict(),
-                "growth": self.growth.state_dict(), "in_a_row": self.in_a_row, "skipped": self.skipped}
+                "growth": self.growth.state_dict(), "in_a_row": self.in_a_row, "streak_start": self.streak_start,
+                "skipped": self.skipped}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, det in self.detectors.items():
             det.load_state_dict(state["detectors"][key])
         self.score.load_state_dict(state["score"])
         self.growth.load_state_dict(state["growth"])
-        self.in_a_row, self.skipped = state["in_a_row"], state["skipped"]
+        self.in_a_row, self.streak_start, self.skipped = state["in_a_row"], state["streak_start"], state["skipped"]
 

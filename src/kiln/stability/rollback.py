@@ -25,18 +25,21 @@ class Rollbacks:
     def __init__(self, run_dir: Path, lr_factor: float, max_rollbacks: int) -> None:
         self.run_dir, self.lr_factor, self.max_rollbacks, self.count = run_dir, lr_factor, max_rollbacks, 0
 
-    def __call__(self, trainer, reason: str) -> dict[str, Any]:
+    def __call__(self, trainer, reason: str, before_step: int | None = None) -> dict[str, Any]:
         if self.count >= self.max_rollbacks:
             raise KilnError(f"{reason} at step {trainer.state.step}, after {self.count} rollbacks "
                             f"(stability.max_rollbacks={self.max_rollbacks}); stopping")
         self.count += 1
-        return rollback(trainer, self.run_dir, reason, self.lr_factor)
+        return rollback(trainer, self.run_dir, reason, self.lr_factor, before_step)
 
 
-def rollback(trainer, run_dir: Path, reason: str, lr_factor: float) -> dict[str, Any]:
-    found = list_checkpoints(run_dir)
+def rollback(trainer, run_dir: Path, reason: str, lr_factor: float, before_step: int | None = None) -> dict[str, Any]:
+    """Restore the newest checkpoint (older than `before_step` when given) and scale the learning rate."""
+    found = [p for p in list_checkpoints(run_dir) if before_step is None or int(p.name[4:]) < before_step]
     if not found:
-        raise KilnError(f"cannot roll back ({reason}) at step {trainer.state.step}: no checkpoint in {run_dir} yet")
+        older = f" older than step {before_step}" if before_step is not None else ""
+        raise KilnError(f"cannot roll back ({reason}) at step {trainer.state.step}: no checkpoint{older} in "
+                        f"{run_dir} yet")
     path = found[-1]
     at_step, at_tokens, lr_scale = trainer.state.step, trainer.state.tokens, trainer.state.lr_scale
     trainer.optimizer.zero_grad(set_to_none=True)

@@ -99,8 +99,8 @@ class Trainer:
         self.state = TrainState()
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.last_batches: list = []  # the current step's micro-batches, for spike forensics
-        self.rollback_handler = None  # called with a reason when a rollback is requested (stability.rollback)
-        self._rollback_reason: str | None = None
+        self.rollback_handler = None  # called as (trainer, reason, before_step) (stability.rollback)
+        self._rollback: tuple[str, int | None] | None = None
         self.autocast_dtype = torch.bfloat16 if cfg.trainer.precision == "bf16" else None  # None: FSDP casts
 
     @property
@@ -120,14 +120,14 @@ class Trainer:
             try:
                 metrics = self.train_step(self.last_batches)
             except NonFiniteLoss as err:
-                self.handle_rollback(str(err), err)
+                self.handle_rollback(str(err), None, err)
                 continue
             metrics["step_time"] = time.perf_counter() - start
             metrics.update(self.throughput(metrics["step_time"]))
             for cb in self.callbacks:
                 cb.on_step_end(self, metrics)
-            if self._rollback_reason is not None:
-                self.handle_rollback(self._rollback_reason)
+            if self._rollback is not None:
+                self.handle_rollback(*self._rollback)
         for cb in self.callbacks:
             cb.on_fit_end(self)
 
@@ -158,19 +158,19 @@ class Trainer:
         return {"step": self.state.step, "loss": ce_sum, "z_loss": z_sum, "grad_norm": grad_norm, "lr": lr,
                 "tokens": self.state.tokens}
 
-    def request_rollback(self, reason: str) -> None:
-        """Ask for a rollback once the current step's callbacks have run."""
-        self._rollback_reason = reason
+    def request_rollback(self, reason: str, before_step: int | None = None) -> None:
+        """Ask for a rollback, to a checkpoint older than `before_step`, once this step's callbacks have run."""
+        self._rollback = (reason, before_step)
 
-    def handle_rollback(self, reason: str, error: Exception | None = None) -> None:
+    def handle_rollback(self, reason: str, before_step: int | None = None, error: Exception | None = None) -> None:
         """Roll back through the handler when one is set; otherwise a NaN loss ends the run."""
-        self._rollback_reason = None
+        self._rollback = None
         self.optimizer.zero_grad(set_to_none=True)
         if self.rollback_handler is None:
             if error is not None:
                 raise error
             return
-        self.rollback_handler(self, reason)
+        self.rollback_handler(self, reason, before_step)
 
     def forward_loss(self, batch, n_targets: int) -> tuple[Tensor, Tensor]:
         input_ids = batch.input_ids.to(self.device, non_blocking=True)
