@@ -52,3 +52,20 @@ def test_when_no_checkpoint_verifies_the_run_stops_unless_told(tiny_dataset, fin
         build_run(tiny_config(tiny_dataset, finished_run))
     run = build_run(tiny_config(tiny_dataset, finished_run, checkpoint={"allow_fresh": True}))
     assert run.resumed_from is None and run.trainer.state.step == 0
+
+
+def test_asynchronous_checkpoints_are_complete_and_equal_to_synchronous_ones(tiny_dataset, tmp_path):
+    from kiln.faults.manifest import verify_checkpoint
+    from kiln.train.checkpointing import list_checkpoints
+
+    for name, async_save in (("sync", False), ("async", True)):
+        train(tiny_config(tiny_dataset, tmp_path / name, checkpoint={"every": 2, "async_save": async_save},
+                          eval={"every": 0, "samples": 0}))
+    sync, async_ = (list_checkpoints(tmp_path / n) for n in ("sync", "async"))
+    assert [p.name for p in async_] == [p.name for p in sync] == ["step000002", "step000004", "step000006"]
+    for a, s in zip(async_, sync):
+        verify_checkpoint(a, hashes=True)
+        assert (a / "model.safetensors").read_bytes() == (s / "model.safetensors").read_bytes()
+    assert not list((tmp_path / "async").glob(".tmp-*"))
+    resumed = build_run(tiny_config(tiny_dataset, tmp_path / "async", trainer={"steps": 8}))
+    assert resumed.resumed_from.name == "step000006"

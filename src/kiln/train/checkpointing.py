@@ -20,10 +20,10 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import threading
 import warnings
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,24 +87,33 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-@dataclass
 class PendingSave:
-    """An asynchronous save in flight: the DCP shards are still being written to `tmp`."""
+    """An asynchronous save in flight. A background thread waits for the DCP shards, then seals the folder with its
+    manifest (hashing every file) and renames it, so none of that stalls training; `wait()` joins it."""
 
-    future: Future
-    tmp: Path
-    final: Path
+    def __init__(self, future: Future, tmp: Path, final: Path) -> None:
+        self.future, self.tmp, self.final = future, tmp, final
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._finish, name="kiln-checkpoint")
+        self.thread.start()
 
-    def done(self) -> bool:
-        return self.future.done()
-
-    def wait(self) -> Path:
-        """Block until this rank's shards (and, on rank 0, the metadata of all) are written; then publish."""
+    def _finish(self) -> None:
         try:
             self.future.result()
-        except OSError as err:
-            raise _write_error(self.tmp, self.final, err) from err
-        _publish(self.tmp, self.final)
+            _publish(self.tmp, self.final)
+        except BaseException as err:  # noqa: BLE001 - handed to the training thread by wait()
+            self.error = err
+
+    def done(self) -> bool:
+        return not self.thread.is_alive()
+
+    def wait(self) -> Path:
+        """Block until the checkpoint is complete under its step name; raise what went wrong if it is not."""
+        self.thread.join()
+        if isinstance(self.error, OSError):
+            raise _write_error(self.tmp, self.final, self.error) from self.error
+        if self.error is not None:
+            raise self.error
         return self.final
 
 
