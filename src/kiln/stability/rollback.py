@@ -14,7 +14,7 @@ from typing import Any
 
 from kiln.distributed import is_rank0, unwrap
 from kiln.errors import KilnError
-from kiln.train.checkpointing import list_checkpoints, load_checkpoint
+from kiln.train.checkpointing import list_checkpoints, load_checkpoint, step_of
 
 log = logging.getLogger("kiln.train")
 
@@ -35,7 +35,7 @@ class Rollbacks:
 
 def rollback(trainer, run_dir: Path, reason: str, lr_factor: float, before_step: int | None = None) -> dict[str, Any]:
     """Restore the newest checkpoint (older than `before_step` when given) and scale the learning rate."""
-    found = [p for p in list_checkpoints(run_dir) if before_step is None or int(p.name[4:]) < before_step]
+    found = [p for p in list_checkpoints(run_dir) if before_step is None or step_of(p) < before_step]
     if not found:
         older = f" older than step {before_step}" if before_step is not None else ""
         raise KilnError(f"cannot roll back ({reason}) at step {trainer.state.step}: no checkpoint{older} in "

@@ -59,12 +59,17 @@ def step_dir(run_dir: Path, step: int) -> Path:
     return run_dir / f"step{step:06d}"
 
 
+def step_of(path: Path) -> int:
+    """The step number of a step folder (`step000200` -> 200)."""
+    return int(path.name[len("step"):])
+
+
 def list_step_dirs(run_dir: Path) -> list[Path]:
     """Every step folder, complete or not, oldest first: the candidates that resuming verifies."""
     if not run_dir.is_dir():
         return []
     found = [p for p in run_dir.glob("step*") if p.is_dir() and p.name[4:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[4:]))
+    return sorted(found, key=step_of)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
