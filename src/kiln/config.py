@@ -79,6 +79,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
 def _coerce_scalar(hint: Any, value: Any, key: str) -> Any:
     if hint is Any:
         return value
+    if hint in (float, int) and isinstance(value, str):
+        value = _number_from_text(value, hint, key)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is bool and not isinstance(value, bool):
@@ -88,6 +90,19 @@ def _coerce_scalar(hint: Any, value: Any, key: str) -> Any:
     if isinstance(hint, type) and not isinstance(value, hint):
         raise ConfigKeyError(f"{key} must be of type {hint.__name__}, got {value!r} ({type(value).__name__})")
     return value
+
+
+def _number_from_text(text: str, hint: type, key: str) -> Any:
+    """YAML 1.1 reads `1e-3` (no dot) as a string, in recipes and overrides alike; take it as the number it spells.
+
+    An int field accepts such text only when it spells a whole number (`1e3`)."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text  # not a number: the type check that follows names the key
+    if hint is int:
+        return int(number) if number.is_integer() else text
+    return number
 
 
 def to_dict(obj: Any) -> Any:
@@ -120,16 +135,11 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
 
 
 def _parse_value(raw: str) -> Any:
+    """A YAML value, as a recipe would hold it; numbers that YAML 1.1 leaves as text are converted by the type check."""
     try:
-        value = yaml.safe_load(raw)
+        return yaml.safe_load(raw)
     except yaml.YAMLError:
         return raw
-    if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string; accept numbers written that way
-        try:
-            return float(value) if any(c in value for c in ".eE") else value
-        except ValueError:
-            return value
-    return value
 
 
 def set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:

@@ -66,3 +66,19 @@ def test_norms_are_ones_and_biases_zeros(scheme: str) -> None:
     for name, p in vectors.items():
         expected = torch.zeros_like(p) if name.endswith("bias") else torch.ones_like(p)
         torch.testing.assert_close(p.detach(), expected, atol=0, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+@pytest.mark.parametrize("scheme", ["normal", "mitchell", "scaled_embed"])
+def test_initial_loss_is_near_uniform(scheme: str, tied: bool) -> None:
+    """A fresh model predicts about uniformly: cross-entropy on random tokens within 1 nat of ln(vocab)."""
+    if scheme == "scaled_embed" and tied:
+        with pytest.raises(ValueError, match="scaled_embed.*tie_embeddings"):
+            build(scheme, tie_embeddings=True)
+        return
+    model = build(scheme, tie_embeddings=tied)
+    tokens = torch.randint(0, 1000, (4, 33), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(tokens[:, :-1])[..., :1000]
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+    assert abs(loss.item() - math.log(1000)) < 1.0, loss.item()

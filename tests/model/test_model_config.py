@@ -25,6 +25,15 @@ def test_olmo2_presets_have_their_published_size_and_build_on_meta(name: str) ->
     assert param_counts(cfg)["total"] == pytest.approx(PUBLISHED[name], rel=0.005)
 
 
+# Training context of each published model (OLMo 2 report Table 1; OLMo-0424 config: max_sequence_length 4096).
+PUBLISHED_CONTEXT = {"olmo2-1b": 4096, "olmo2-7b": 4096, "olmo2-13b": 4096, "olmo1-7b": 4096}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_CONTEXT))
+def test_presets_train_at_their_published_context(name: str) -> None:
+    assert preset(name).max_seq_len == PUBLISHED_CONTEXT[name]
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_builds_on_meta_with_its_counted_parameters(name: str) -> None:
     cfg = preset(name)

@@ -86,3 +86,24 @@ def test_override_parsing_errors():
         parse_overrides(["optim.lr=1"])
     with pytest.raises(ConfigKeyError, match="no value"):
         parse_overrides(["--optim.lr"])
+
+
+def test_numbers_yaml_reads_as_text_are_numbers_in_recipes_and_overrides(tmp_path):
+    """YAML 1.1 reads `1e-3` as a string; a recipe and an override that write it so give the same config."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("optim:\n  lr: 1e-3\n  grad_clip: 5e-1\ntrainer:\n  steps: 1e2\nmodel:\n  init_std: 2e-2\n")
+    from_recipe = load_config(recipe)
+    from_flags = load_config(None, ["--optim.lr=1e-3", "--optim.grad_clip=5e-1", "--trainer.steps=1e2",
+                                    "--model.init_std=2e-2"])
+    assert from_recipe == from_flags
+    assert from_recipe.optim.lr == 1e-3 and from_recipe.optim.grad_clip == 0.5
+    assert from_recipe.trainer.steps == 100 and isinstance(from_recipe.trainer.steps, int)
+    assert from_recipe.model.build(100).init_std == 0.02
+
+
+def test_text_that_is_no_number_is_still_refused(tmp_path):
+    with pytest.raises(ConfigKeyError, match="trainer.steps"):
+        load_config(None, ["--trainer.steps=1.5e1x"])
+    with pytest.raises(ConfigKeyError, match="trainer.steps"):
+        load_config(None, ["--trainer.steps=2.5e0"])
+    assert load_config(None, ["--eval.prompts=[1e-3]"]).eval.prompts == ["1e-3"]

@@ -12,24 +12,27 @@ def _model(**kw) -> Transformer:
     return Transformer(ModelConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, d_ff=32, **kw))
 
 
-def test_olmo2_default_no_decay_on_embeddings_and_norms():
-    model = _model()
+def test_olmo2_default_decays_everything_but_the_embeddings():
+    """OLMo 2's configs: decay_embeddings false, decay_norm_and_bias true, so norms (QK-norm too) are decayed."""
+    model = _model(bias=True)
     groups = param_groups(model, OptimConfig())
-    decayed, plain = _names(groups, True), _names(groups, False)
-    assert "embed.weight" in plain
-    assert "head.weight" in decayed
-    assert "blocks.0.attn.qkv.weight" in decayed
-    assert {"norm.weight", "blocks.0.attn_norm.weight", "blocks.1.attn.q_norm.weight"} <= plain
-    assert decayed | plain == {n for n, _ in model.named_parameters()}
-    assert not decayed & plain
+    assert _names(groups, False) == {"embed.weight"}
+    assert _names(groups, True) == {n for n, _ in model.named_parameters()} - {"embed.weight"}
+
+
+def test_tied_embeddings_are_not_decayed():
+    groups = param_groups(_model(tie_embeddings=True), OptimConfig())
+    assert _names(groups, False) == {"embed.weight"}
 
 
 def test_switches_move_embeddings_norms_and_biases():
     model = _model(bias=True)
     groups = param_groups(model, OptimConfig(decay_embeddings=True, decay_norms=True, decay_biases=True))
     assert _names(groups, False) == set()
-    groups = param_groups(model, OptimConfig())
-    assert "blocks.0.mlp.up.bias" in _names(groups, False)
+    groups = param_groups(model, OptimConfig(decay_norms=False, decay_biases=False))
+    plain = _names(groups, False)
+    assert {"embed.weight", "blocks.0.mlp.up.bias", "norm.weight", "blocks.1.attn.q_norm.weight"} <= plain
+    assert "blocks.0.attn.qkv.weight" not in plain
 
 
 def test_adamw_hyperparameters_reach_the_optimizer():

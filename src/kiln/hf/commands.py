@@ -10,7 +10,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export_formats = export.add_subparsers(dest="format", metavar="FORMAT", required=True)
     hf = export_formats.add_parser("hf", help="as a Hugging Face Olmo2 directory (AutoModelForCausalLM loads it)")
     hf.add_argument("checkpoint", help="kiln model directory, or a run folder (its highest step<N> is used)")
-    hf.add_argument("out", help="directory to write config.json, model.safetensors and tokenizer files into")
+    hf.add_argument("out", help="directory to write config.json, kiln_config.json, weights and tokenizer into")
     hf.set_defaults(func=run_export_hf)
 
     import_ = subparsers.add_parser("import", help="make a kiln checkpoint from another format")

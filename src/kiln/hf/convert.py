@@ -4,10 +4,15 @@ Olmo2 is OLMo 2's architecture in transformers: reordered RMSNorm blocks (norm o
 QK-norm over the whole q and k projections, SwiGLU, no biases. Kiln fuses q/k/v and gate/up into one matmul
 each; Hugging Face keeps them apart, so the mapping splits and concatenates along dim 0. transformers itself
 is not needed to convert: only JSON and safetensors are read and written.
+
+Export also writes kiln's own config as kiln_config.json, because Olmo2's config.json cannot say what kiln
+needs for an exact round trip (norm_affine, init, n_kv_heads=None); import prefers it once it agrees with
+config.json. A directory without it (a model from the hub) is imported from config.json alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -33,6 +38,9 @@ from kiln.model.transformer import Transformer
 HF_CONFIG_FILE = "config.json"
 HF_WEIGHTS_FILE = "model.safetensors"
 HF_INDEX_FILE = "model.safetensors.index.json"
+KILN_CONFIG_FILE = "kiln_config.json"
+# ModelConfig fields that config.json does not carry (n_kv_heads is compared as kv_heads instead).
+_KILN_ONLY_FIELDS = ("n_kv_heads", "norm_affine", "norm_bias", "init")
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
@@ -173,11 +181,8 @@ def state_to_hf(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, t
     return {name: t.contiguous() for name, t in hf.items()}
 
 
-def state_from_hf(cfg: ModelConfig, hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Olmo2ForCausalLM names -> kiln names, fusing projections; lists every missing or unexpected HF tensor.
-
-    Embedding rows are zero-padded up to kiln's padded vocabulary; shapes are checked when the state is loaded.
-    """
+def _hf_names(cfg: ModelConfig) -> dict[str, list[str]]:
+    """Each kiln tensor -> the Olmo2 tensors concatenated into it, norm weights included even when non-affine."""
     mapping = {"embed.weight": ["model.embed_tokens.weight"], "norm.weight": ["model.norm.weight"]}
     if not cfg.tie_embeddings:
         mapping["head.weight"] = ["lm_head.weight"]
@@ -194,6 +199,18 @@ def state_from_hf(cfg: ModelConfig, hf: dict[str, torch.Tensor]) -> dict[str, to
             dst + "attn_norm.weight": [src + "post_attention_layernorm.weight"],
             dst + "mlp_norm.weight": [src + "post_feedforward_layernorm.weight"],
         })
+    return mapping
+
+
+def state_from_hf(cfg: ModelConfig, hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Olmo2ForCausalLM names -> kiln names, fusing projections; lists every missing or unexpected HF tensor.
+
+    Embedding rows are zero-padded up to kiln's padded vocabulary; shapes are checked when the state is loaded.
+    """
+    mapping = _hf_names(cfg)
+    if not cfg.norm_affine:
+        norms = [mapping.pop(name)[0] for name in list(mapping) if name.endswith("norm.weight")]
+        hf = _drop_unit_norms(hf, norms)
     used = {name for names in mapping.values() for name in names}
     # A tied checkpoint may still carry lm_head (a copy of the embedding); old ones carry RoPE buffers.
     ignorable = {"lm_head.weight"} if cfg.tie_embeddings else set()
@@ -211,8 +228,19 @@ def state_from_hf(cfg: ModelConfig, hf: dict[str, torch.Tensor]) -> dict[str, to
     return state
 
 
+def _drop_unit_norms(hf: dict[str, torch.Tensor], norms: list[str]) -> dict[str, torch.Tensor]:
+    """`hf` without the norm weights `norms`, which must be the ones export writes for a non-affine model."""
+    for name in norms:
+        if name in hf and not torch.all(hf[name] == 1):
+            raise KilnError(
+                f"Hugging Face tensor {name} is not all ones, but the kiln config has norm_affine=false (no norm "
+                f"weights); set norm_affine to true in {KILN_CONFIG_FILE}, or delete it to import from config.json"
+            )
+    return {name: tensor for name, tensor in hf.items() if name not in norms}
+
+
 def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Write a kiln checkpoint as a Hugging Face Olmo2 directory (config, weights, tokenizer when present)."""
+    """Write a kiln checkpoint as a Hugging Face Olmo2 directory (configs, weights, tokenizer when present)."""
     model_dir = resolve_model_dir(checkpoint)
     model = load_model_dir(model_dir)
     tokenizer = load_checkpoint_tokenizer(model_dir)
@@ -224,6 +252,7 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_file(state_to_hf(model.cfg, state), str(out / HF_WEIGHTS_FILE), metadata={"format": "pt"})
     (out / HF_CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
+    (out / KILN_CONFIG_FILE).write_text(json.dumps(model.cfg.to_dict(), indent=2) + "\n")
     if tokenizer is not None:
         shutil.copyfile(model_dir / TOKENIZER_FILE, out / TOKENIZER_FILE)
         (out / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(tokenizer, model.cfg), indent=2))
@@ -248,6 +277,37 @@ def read_hf_config(hf_dir: str | Path) -> dict[str, Any]:
         raise KilnError(f"cannot read a Hugging Face config at {path}: {err}") from err
 
 
+def read_model_config_hf(hf_dir: str | Path, tokenizer_vocab: int | None = None) -> ModelConfig:
+    """The kiln config of a Hugging Face directory: its kiln_config.json, checked against config.json.
+
+    Without kiln_config.json (a model not exported by kiln) it is derived from config.json alone.
+    """
+    derived = config_from_hf(read_hf_config(hf_dir), tokenizer_vocab)
+    path = Path(hf_dir) / KILN_CONFIG_FILE
+    if not path.is_file():
+        return derived
+    try:
+        cfg = ModelConfig.from_dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, TypeError) as err:
+        raise KilnError(f"cannot read a kiln model config at {path}: {err}") from err
+    _check_configs_agree(cfg, derived)
+    return cfg
+
+
+def _check_configs_agree(cfg: ModelConfig, derived: ModelConfig) -> None:
+    """Refuse a kiln_config.json that disagrees with config.json on a field both carry: one was edited."""
+    names = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in _KILN_ONLY_FIELDS]
+    pairs = [(name, getattr(cfg, name), getattr(derived, name)) for name in names]
+    pairs.append(("n_kv_heads", cfg.kv_heads, derived.kv_heads))
+    diffs = [f"{name}={ours!r} in {KILN_CONFIG_FILE} but {theirs!r} from {HF_CONFIG_FILE}"
+             for name, ours, theirs in pairs if ours != theirs]
+    if diffs:
+        raise KilnError(
+            f"{KILN_CONFIG_FILE} and {HF_CONFIG_FILE} disagree (one of them was edited): " + "; ".join(diffs)
+            + f"; make them agree, or delete {KILN_CONFIG_FILE} to import from {HF_CONFIG_FILE} alone"
+        )
+
+
 def read_hf_weights(hf_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """All tensors of a Hugging Face directory, from model.safetensors or its sharded index."""
     root = Path(hf_dir)
@@ -263,7 +323,7 @@ def load_hf_dir(hf_dir: str | Path, device: str | torch.device = "cpu", dtype: t
                 ) -> Transformer:
     """A kiln Transformer holding the weights of a Hugging Face Olmo2 directory, converted in memory."""
     tokenizer = load_checkpoint_tokenizer(hf_dir)
-    cfg = config_from_hf(read_hf_config(hf_dir), tokenizer.get_vocab_size() if tokenizer else None)
+    cfg = read_model_config_hf(hf_dir, tokenizer.get_vocab_size() if tokenizer else None)
     return build_with_state(cfg, state_from_hf(cfg, read_hf_weights(hf_dir, device)), dtype)
 
 

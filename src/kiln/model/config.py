@@ -93,6 +93,10 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ConfigError(f"head dimension {self.head_dim} must be even for RoPE")
+        if self.init == "scaled_embed" and self.tie_embeddings:
+            raise ConfigError("model.init=scaled_embed cannot be used with model.tie_embeddings=true: the tied "
+                              "output head would inherit the std-1 embedding and start at a loss far above ln(vocab); "
+                              "untie the embeddings or use init normal or mitchell")
         if self.clip_qkv is not None and self.clip_qkv <= 0:
             raise ConfigError(f"model.clip_qkv must be positive or null, got {self.clip_qkv}")
 

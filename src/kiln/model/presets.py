@@ -52,7 +52,7 @@ def _shape(layers: int, width: int, heads: int, hidden: int) -> dict[str, int]:
 
 PRESETS: dict[str, dict[str, Any]] = {
     **{f"olmo2-{k}": {**_FAMILIES["olmo2"], **_shape(*v)} for k, v in _OLMO2_SHAPES.items()},
-    "olmo1-7b": {**_FAMILIES["olmo1"], **_shape(32, 4096, 32, 11008), "max_seq_len": 2048},
+    "olmo1-7b": {**_FAMILIES["olmo1"], **_shape(32, 4096, 32, 11008)},  # OLMo-0424 trained at 4096
     **{f"llama-{k}": {**_FAMILIES["llama"], **_shape(*v)} for k, v in _LLAMA_SHAPES.items()},
 }
 

@@ -1,4 +1,9 @@
-"""AdamW whose weight decay skips embeddings (OLMo 2), and optionally norms and biases."""
+"""AdamW whose weight decay skips embeddings and decays everything else, as OLMo 2 does.
+
+OLMo 2's released configs (e.g. `configs/official-1124/OLMo2-7B-stage1.yaml`) set `decay_embeddings: false` and
+`decay_norm_and_bias: true`: only the embeddings are excluded. Norm weights (QK-norm's included) and biases can be
+excluded too, as switches.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +20,8 @@ class OptimConfig:
     eps: float = 1e-8  # OLMo 2
     weight_decay: float = 0.1
     decay_embeddings: bool = False  # OLMo 2: no weight decay on embeddings
-    decay_norms: bool = False
-    decay_biases: bool = False
+    decay_norms: bool = True  # OLMo 2 (decay_norm_and_bias: true)
+    decay_biases: bool = True  # OLMo 2 (decay_norm_and_bias: true)
     grad_clip: float | None = 1.0
 
 

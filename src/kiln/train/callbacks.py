@@ -42,25 +42,33 @@ class Evaluator(Callback):
 
     @torch.no_grad()
     def evaluate(self, trainer: Trainer) -> dict[str, float]:
-        """Sums over every rank's share of the validation batches; all ranks take part (FSDP gathers weights)."""
+        """Sums over every rank's share of the validation batches; all ranks take part (FSDP gathers weights).
+
+        Bits per byte counts the nats of the targets that are text (special tokens such as EOS stand for no bytes
+        and are left out of both sums), so it measures the text alone, whatever the tokenizer.
+        """
         model = trainer.model
         model.eval()
-        nats = tokens = n_bytes = 0.0
+        nats = tokens = text_nats = n_bytes = 0.0
         for batch in self.rank_batches():
-            labels = batch.labels.to(trainer.device)
+            labels = batch.labels.to(trainer.device).flatten()
+            doc_ids = batch.doc_ids.to(trainer.device) if trainer.cfg.data.intra_doc_masking else None
             with trainer.autocast():
-                logits = model(batch.input_ids.to(trainer.device))
-            nats += F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
-                                    reduction="sum").item()
-            keep = labels.flatten() != -100
+                logits = model(batch.input_ids.to(trainer.device), doc_ids=doc_ids)
+            token_nats = F.cross_entropy(logits.float().flatten(0, 1), labels, ignore_index=-100, reduction="none")
+            keep = labels != -100
+            token_bytes = self.token_bytes[labels[keep].cpu()]
+            nats += token_nats.sum().item()
             tokens += int(keep.sum())
-            n_bytes += float(self.token_bytes[labels.flatten()[keep].cpu()].sum())
+            text_nats += token_nats[keep].double().cpu()[token_bytes > 0].sum().item()
+            n_bytes += float(token_bytes.sum())
         model.train()
-        nats, tokens, n_bytes = sum_across_ranks([nats, tokens, n_bytes], trainer.device)
+        nats, tokens, text_nats, n_bytes = sum_across_ranks([nats, tokens, text_nats, n_bytes], trainer.device)
         if tokens == 0:
             raise KilnError("the validation split is empty; raise data.val_fraction or use more data")
         loss = nats / tokens
-        out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_bpb": nats / math.log(2) / max(n_bytes, 1)}
+        out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)),
+               "val_bpb": text_nats / math.log(2) / max(n_bytes, 1)}
         if self.unigram_loss is not None:
             out["val_unigram_loss"] = self.unigram_loss
         return out

@@ -137,8 +137,8 @@ def _normalise_model_section(raw: dict[str, Any]) -> None:
     name = model.pop("preset", ModelSection.preset)
     overrides = {**model.pop("overrides", {}), **model}
     preset(name)  # an unknown preset raises with the list of valid ones
-    from_dict(ModelConfig, {**PRESETS[name], **overrides}, prefix="model.")
-    raw["model"] = {"preset": name, "overrides": overrides}
+    checked = from_dict(ModelConfig, {**PRESETS[name], **overrides}, prefix="model.")
+    raw["model"] = {"preset": name, "overrides": {key: getattr(checked, key) for key in overrides}}
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:

@@ -62,6 +62,17 @@ def build_model_config(cfg: TrainConfig, data_vocab: int) -> ModelConfig:
     return model_cfg
 
 
+def build_loaders(cfg: TrainConfig, datasets: list[TokenDataset], rank: int,
+                  world_size: int) -> tuple[InstanceLoader, InstanceLoader]:
+    """Train and validation loaders for this rank. The repeated n-gram filter applies to training only, so the
+    validation set is the same tokens and targets whatever the training filter does."""
+    args = dict(seq_len=cfg.data.seq_len, batch_size=cfg.trainer.micro_batch_size, seed=cfg.trainer.seed, rank=rank,
+                world_size=world_size, val_fraction=cfg.data.val_fraction, weights=cfg.data.weights)
+    train = InstanceLoader(datasets, split="train", repeat_filter=RepeatFilterConfig(enabled=cfg.data.repeat_filter),
+                           **args)
+    return train, InstanceLoader(datasets, split="val", repeat_filter=None, **args)
+
+
 @dataclass
 class Run:
     """Everything a run is made of, built but not started."""
@@ -100,11 +111,7 @@ def build_run(cfg: TrainConfig, resume: bool | None = None) -> Run:
     wrapped = distributed.parallelize(model, strategy, device, tc.precision, cfg.distributed,
                                       compile_blocks=tc.compile and strategy != "none")
     optimizer = build_adamw(model, cfg.optim)
-    loader_args = dict(seq_len=cfg.data.seq_len, batch_size=tc.micro_batch_size, seed=tc.seed, rank=rank,
-                       world_size=world_size, val_fraction=cfg.data.val_fraction, weights=cfg.data.weights,
-                       repeat_filter=RepeatFilterConfig(enabled=cfg.data.repeat_filter))
-    train_loader = InstanceLoader(datasets, split="train", **loader_args)
-    val_loader = InstanceLoader(datasets, split="val", **loader_args)
+    train_loader, val_loader = build_loaders(cfg, datasets, rank, world_size)
 
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     if rank == 0:
