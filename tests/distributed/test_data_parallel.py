@@ -26,8 +26,14 @@ TRAIN = "tests.distributed.workers:train_config"
 
 
 def _config(dataset: Path, run_dir: Path, micro: int, async_save: bool = False, **distributed) -> dict:
+    """Evaluation, checkpoints and per-layer statistics every 3 steps, so each periodic path runs twice."""
     return tiny_config(dataset, run_dir, trainer={"micro_batch_size": micro, "grad_accum": 2, "steps": STEPS},
-                       checkpoint={"every": 3, "async_save": async_save}, distributed=distributed).to_dict()
+                       checkpoint={"every": 3, "async_save": async_save}, stability={"layer_stats_every": 3},
+                       distributed=distributed).to_dict()
+
+
+def _layer_stats(line: dict) -> dict[str, float]:
+    return {k: v for k, v in line.items() if k.startswith("layer/") or k == "output_logit_max"}
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -43,6 +49,11 @@ def _assert_same_training(a: Path, b: Path) -> None:
             assert (key in x) == (key in y)
             if key in x:
                 assert abs(x[key] - y[key]) < 1e-5, (x["step"], key, x[key], y[key])
+        # per-layer statistics of the whole global batch and model, not of one rank's shard or micro-batch
+        stats_x, stats_y = _layer_stats(x), _layer_stats(y)
+        assert stats_x.keys() == stats_y.keys() and (len(stats_x) > 0) == (x["step"] % 3 == 0), x["step"]
+        for key, value in stats_x.items():
+            assert stats_y[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (x["step"], key, value, stats_y[key])
     final = f"step{STEPS:06d}/model.safetensors"
     wa, wb = load_file(str(a / final)), load_file(str(b / final))
     assert wa.keys() == wb.keys()

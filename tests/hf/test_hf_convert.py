@@ -60,23 +60,91 @@ def test_from_pretrained_loads_a_transformers_saved_olmo2(tmp_path):
         assert (model(ids) - hf_model(ids).logits).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_export_import_round_trip_is_exact(tmp_path, tied):
-    model = random_model(tiny_config(n_kv_heads=2, tie_embeddings=tied))
+def _exported(tmp_path, tokenizer=None, **overrides):
+    """A random tiny model saved under tmp_path/kiln and exported to tmp_path/hf."""
+    model = random_model(tiny_config(**overrides))
+    save_model_dir(model, tmp_path / "kiln", tokenizer)
+    export_hf(tmp_path / "kiln", tmp_path / "hf")
+    return model
+
+
+def _assert_same_model(got, expected):
+    """Same tensors under the same names and bit-equal logits."""
+    assert got.state_dict().keys() == expected.state_dict().keys()
+    for name, tensor in expected.state_dict().items():
+        assert torch.equal(got.state_dict()[name], tensor), name
+    ids = torch.randint(0, expected.cfg.vocab_size, (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(got(ids), expected(ids), rtol=0, atol=0)
+
+
+# Each holds a field that Olmo2's config.json cannot say (norm_affine, init, n_kv_heads=None) or a layout to keep.
+ROUND_TRIP_CONFIGS = {
+    "gqa": dict(n_kv_heads=2),
+    "gqa-tied": dict(n_kv_heads=2, tie_embeddings=True),
+    "mha-kv-heads-none": dict(),
+    "mha-tied": dict(tie_embeddings=True),
+    "nonaffine-norms": dict(norm_affine=False, norm_eps=1e-5),
+    "mitchell-init": dict(init="mitchell", n_kv_heads=1),
+}
+
+
+@pytest.mark.parametrize("overrides", ROUND_TRIP_CONFIGS.values(), ids=ROUND_TRIP_CONFIGS.keys())
+def test_export_import_round_trip_is_exact(tmp_path, overrides):
+    model = random_model(tiny_config(**overrides))
     save_model_dir(model, tmp_path / "kiln", tiny_tokenizer())
     assert main(["export", "hf", str(tmp_path / "kiln"), str(tmp_path / "hf")]) == 0
     assert main(["import", "hf", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
-    back = load_model_dir(tmp_path / "back")
-    assert back.cfg == model.cfg
-    assert back.state_dict().keys() == model.state_dict().keys()
-    for name, tensor in model.state_dict().items():
-        assert torch.equal(back.state_dict()[name], tensor), name
+    for back in (load_model_dir(tmp_path / "back"), kiln.from_pretrained(tmp_path / "hf")):
+        assert back.cfg == model.cfg
+        _assert_same_model(back, model)
     assert (tmp_path / "back" / "tokenizer.json").read_text() == (tmp_path / "kiln" / "tokenizer.json").read_text()
 
 
+def test_import_without_kiln_config_derives_the_config_from_config_json(tmp_path):
+    """A hub model has no kiln_config.json: Olmo2's defaults (affine norms, normal init, n_kv_heads) fill in."""
+    model = _exported(tmp_path, norm_affine=False, init="mitchell")
+    (tmp_path / "hf" / "kiln_config.json").unlink()
+    back = load_model_dir(import_hf(tmp_path / "hf", tmp_path / "back"))
+    assert back.cfg == model.cfg.replace(norm_affine=True, init="normal", n_kv_heads=4)
+    assert torch.equal(back.blocks[0].attn.q_norm.weight, torch.ones(64))
+    ids = torch.randint(0, 200, (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids), model(ids))
+
+
+@pytest.mark.parametrize("file, key, value, named", [
+    ("kiln_config.json", "d_model", 96, "d_model=96"),
+    ("kiln_config.json", "rope_theta", 123_456.0, "rope_theta=123456.0"),
+    ("kiln_config.json", "n_kv_heads", 2, "n_kv_heads=2"),
+    ("kiln_config.json", "vocab_size", 150, "vocab_size=150"),
+    ("kiln_config.json", "tie_embeddings", True, "tie_embeddings=True"),
+    ("config.json", "rms_norm_eps", 1e-3, "norm_eps=1e-06"),
+    ("config.json", "num_hidden_layers", 3, "n_layers=2"),
+])
+def test_import_refuses_kiln_config_that_disagrees_with_config_json(tmp_path, file, key, value, named):
+    _exported(tmp_path)
+    path = tmp_path / "hf" / file
+    path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+    with pytest.raises(KilnError, match="disagree") as info:
+        import_hf(tmp_path / "hf", tmp_path / "back")
+    assert named in str(info.value)
+    with pytest.raises(KilnError, match=named.split("=")[0]):
+        kiln.from_pretrained(tmp_path / "hf")
+    assert not (tmp_path / "back").exists()
+
+
+def test_import_refuses_norm_weights_that_a_nonaffine_model_cannot_hold(tmp_path):
+    _exported(tmp_path, norm_affine=False)
+    weights = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    weights["model.layers.1.self_attn.k_norm.weight"][3] = 1.5
+    save_file(weights, str(tmp_path / "hf" / "model.safetensors"))
+    with pytest.raises(KilnError, match=r"model\.layers\.1\.self_attn\.k_norm\.weight is not all ones"):
+        import_hf(tmp_path / "hf", tmp_path / "back")
+
+
 def test_export_writes_tokenizer_files_and_special_ids(tmp_path):
-    save_model_dir(random_model(tiny_config()), tmp_path / "kiln", tiny_tokenizer())
-    export_hf(tmp_path / "kiln", tmp_path / "hf")
+    _exported(tmp_path, tiny_tokenizer())
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["architectures"] == ["Olmo2ForCausalLM"] and config["vocab_size"] == 256
     assert (config["eos_token_id"], config["pad_token_id"]) == (0, 1)
@@ -86,8 +154,7 @@ def test_export_writes_tokenizer_files_and_special_ids(tmp_path):
 
 
 def test_no_tokenizer_no_tokenizer_files(tmp_path):
-    save_model_dir(random_model(tiny_config()), tmp_path / "kiln")
-    export_hf(tmp_path / "kiln", tmp_path / "hf")
+    _exported(tmp_path)
     assert not (tmp_path / "hf" / "tokenizer.json").exists()
     assert not (tmp_path / "hf" / "tokenizer_config.json").exists()
 
@@ -145,8 +212,7 @@ def test_import_reads_transformers_4_style_rope_theta():
 
 
 def test_import_lists_missing_and_unexpected_hf_tensors(tmp_path):
-    save_model_dir(random_model(tiny_config()), tmp_path / "kiln")
-    export_hf(tmp_path / "kiln", tmp_path / "hf")
+    _exported(tmp_path)
     weights = load_file(str(tmp_path / "hf" / "model.safetensors"))
     del weights["model.layers.1.self_attn.k_norm.weight"]
     weights["model.layers.0.self_attn.q_proj.bias"] = torch.zeros(64)

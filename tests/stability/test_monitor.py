@@ -14,6 +14,7 @@ from kiln.stability.monitor import StabilityConfig, StabilityMonitor
 class FakeTrainer:
     def __init__(self, model=None):
         self.model = model
+        self.device = torch.device("cpu")
         self.state = SimpleNamespace(step=0)
         self.last_batches = []
         self.rollbacks: list[tuple[str, int | None]] = []

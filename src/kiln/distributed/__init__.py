@@ -3,7 +3,15 @@
 The model files know nothing of this; `kiln.train` calls `init_distributed`, then `parallelize` on a built model.
 """
 
-from kiln.distributed.parallelize import clip_grad_norm, grad_sync, parallelize, resolve_strategy, unwrap
+from kiln.distributed.parallelize import (
+    clip_grad_norm,
+    grad_sync,
+    local_part,
+    parallelize,
+    resolve_strategy,
+    sum_over_shards,
+    unwrap,
+)
 from kiln.distributed.setup import (
     background_group,
     barrier,
@@ -11,6 +19,7 @@ from kiln.distributed.setup import (
     init_distributed,
     is_rank0,
     local_rank,
+    max_across_ranks,
     rank,
     shutdown_distributed,
     sum_across_ranks,
@@ -18,5 +27,5 @@ from kiln.distributed.setup import (
 )
 
 __all__ = ["background_group", "barrier", "clip_grad_norm", "exit_together", "grad_sync", "init_distributed",
-           "is_rank0", "local_rank", "parallelize", "rank", "resolve_strategy", "shutdown_distributed",
-           "sum_across_ranks", "unwrap", "world_size"]
+           "is_rank0", "local_part", "local_rank", "max_across_ranks", "parallelize", "rank", "resolve_strategy",
+           "shutdown_distributed", "sum_across_ranks", "sum_over_shards", "unwrap", "world_size"]

@@ -91,6 +91,25 @@ def clip_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float) -> float
     return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
 
 
+def local_part(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP DTensor; a plain tensor as it is."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def sum_over_shards(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Sum per-rank partial sums (e.g. squared norms of local shards) over the mesh dimensions that shard `like`.
+
+    FSDP shards along ("shard",); HSDP's replicas along ("replicate",) hold the same shard and are not summed.
+    A tensor that is not a DTensor (one process, DDP) is whole on every rank: `values` is returned unchanged.
+    """
+    if not isinstance(like, DTensor):
+        return values
+    for dim, placement in enumerate(like.placements):
+        if placement.is_shard():
+            torch.distributed.all_reduce(values, group=like.device_mesh.get_group(dim))
+    return values
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The Transformer inside DDP's and torch.compile's wrappers (FSDP2 shards in place and wraps nothing)."""
     model = getattr(model, "_orig_mod", model)

@@ -96,6 +96,15 @@ def sum_across_ranks(values: Sequence[float], device: torch.device) -> list[floa
     return buffer.tolist()
 
 
+def max_across_ranks(values: Sequence[float], device: torch.device) -> list[float]:
+    """Element-wise maxima over all ranks; unchanged on one process."""
+    if world_size() == 1:
+        return [float(v) for v in values]
+    buffer = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(buffer, op=dist.ReduceOp.MAX)
+    return buffer.tolist()
+
+
 @contextmanager
 def exit_together() -> Iterator[None]:
     """On a multi-rank run, an exception ends this process at once, its error printed by the first rank to fail.

@@ -2,7 +2,11 @@
 
 Keys: `layer/{i}/grad_norm`, `layer/{i}/weight_norm`, `layer/{i}/update_ratio` (||W_after - W_before|| / ||W_before||
 of the step), `layer/{i}/act_rms` and `layer/{i}/act_max` (the block's output), `layer/{i}/attn_logit_max` (largest
-causal pre-softmax score q.k/sqrt(D) of the first sequence), and `output_logit_max`.
+allowed pre-softmax score q.k/sqrt(D)), and `output_logit_max`.
+
+Every value covers the whole global batch and the whole model, whatever the strategy: norms sum the squares of
+FSDP's shards over the mesh (as gradient clipping does), activation statistics cover every micro-batch of every
+rank (sums and maxima reduced across ranks). So 2 FSDP ranks report what one process reports for the same batch.
 """
 
 from __future__ import annotations
@@ -12,64 +16,97 @@ import math
 import torch
 from torch import Tensor, nn
 
+from kiln.distributed import local_part, max_across_ranks, sum_across_ranks, sum_over_shards
 from kiln.model.transformer import apply_rope
+
+QUERY_CHUNK = 256  # queries scored at a time: a whole (H, T, T) score tensor would not fit at long context
 
 
 def _block_params(model: nn.Module) -> list[list[Tensor]]:
     return [list(block.parameters()) for block in model.blocks]
 
 
-def _norm(tensors: list[Tensor]) -> float:
-    return math.sqrt(sum(float(t.detach().float().pow(2).sum()) for t in tensors))
+def _norms(groups: list[list[Tensor | None]], like: Tensor) -> list[float]:
+    """L2 norm of each group of (possibly FSDP-sharded) tensors; `like` tells how they are sharded."""
+    zero = torch.zeros((), device=local_part(like).device)
+    squares = torch.stack([sum((local_part(t).detach().float().pow(2).sum() for t in group if t is not None), zero)
+                           for group in groups])
+    return sum_over_shards(squares, like).sqrt().tolist()
 
 
 def grad_and_weight_norms(model: nn.Module) -> dict[str, float]:
+    params = _block_params(model)
+    grads = _norms([[p.grad for p in layer] for layer in params], params[0][0])
+    weights = _norms(params, params[0][0])
     out = {}
-    for i, params in enumerate(_block_params(model)):
-        out[f"layer/{i}/grad_norm"] = _norm([p.grad for p in params if p.grad is not None])
-        out[f"layer/{i}/weight_norm"] = _norm(params)
+    for i, (grad, weight) in enumerate(zip(grads, weights, strict=True)):
+        out[f"layer/{i}/grad_norm"], out[f"layer/{i}/weight_norm"] = grad, weight
     return out
 
 
 def snapshot(model: nn.Module) -> list[list[Tensor]]:
-    return [[p.detach().clone() for p in params] for params in _block_params(model)]
+    """This rank's part of every block weight, before the update."""
+    return [[local_part(p).detach().clone() for p in params] for params in _block_params(model)]
 
 
 def update_ratios(model: nn.Module, before: list[list[Tensor]]) -> dict[str, float]:
-    out = {}
-    for i, (params, old) in enumerate(zip(_block_params(model), before, strict=True)):
-        delta = _norm([p.detach() - o for p, o in zip(params, old, strict=True)])
-        out[f"layer/{i}/update_ratio"] = delta / max(_norm(old), 1e-12)
-    return out
+    params = _block_params(model)
+    deltas = [[local_part(p).detach() - old for p, old in zip(layer, olds, strict=True)]
+              for layer, olds in zip(params, before, strict=True)]
+    delta_norms, old_norms = _norms(deltas, params[0][0]), _norms(before, params[0][0])
+    return {f"layer/{i}/update_ratio": delta / max(old, 1e-12)
+            for i, (delta, old) in enumerate(zip(delta_norms, old_norms, strict=True))}
 
 
-@torch.no_grad()
-def attention_logit_max(attn: nn.Module, x: Tensor, rope: tuple[Tensor, Tensor]) -> float:
-    """Recompute q and k of the first sequence the way `Attention.forward` does and take the largest causal score."""
-    cfg = attn.cfg
-    qkv = attn.qkv(x[:1])
+def _queries_and_keys(attn: nn.Module, x: Tensor, rope: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """q and k (B, T, H, D) in fp32 as `Attention.forward` computes them, keys repeated to every query head."""
+    cfg, (B, T, _) = attn.cfg, x.shape
+    qkv = attn.qkv(x)
     if cfg.clip_qkv is not None:
         qkv = qkv.clamp(-cfg.clip_qkv, cfg.clip_qkv)
     q, k, _ = qkv.split((attn.q_dim, attn.kv_dim, attn.kv_dim), dim=-1)
+    q, k = q.float(), k.float()
     if cfg.qk_norm == "full":
         q, k = attn.q_norm(q), attn.k_norm(k)
-    T = x.shape[1]
-    q, k = q.view(1, T, cfg.n_heads, cfg.head_dim), k.view(1, T, cfg.kv_heads, cfg.head_dim)
+    q, k = q.view(B, T, cfg.n_heads, cfg.head_dim), k.view(B, T, cfg.kv_heads, cfg.head_dim)
     if cfg.qk_norm == "per_head":
         q, k = attn.q_norm(q), attn.k_norm(k)
-    cos, sin = (t[:1] for t in rope)
-    q, k = apply_rope(q, cos, sin).float(), apply_rope(k, cos, sin).float()
-    k = k.repeat_interleave(cfg.n_heads // cfg.kv_heads, dim=2)
-    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(cfg.head_dim)  # (1, H, T, T)
-    causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-    return float(scores.masked_fill(~causal, -math.inf).max())
+    q, k = apply_rope(q, *rope).float(), apply_rope(k, *rope).float()
+    return q, k.repeat_interleave(cfg.n_heads // cfg.kv_heads, dim=2)
+
+
+def _causal(start: int, end: int, device: torch.device) -> Tensor:
+    """(end - start, end) bool: query positions start..end-1 may see keys up to themselves."""
+    return torch.arange(end, device=device)[None, :] <= torch.arange(start, end, device=device)[:, None]
+
+
+@torch.no_grad()
+def attention_logit_max(attn: nn.Module, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None) -> float:
+    """The largest pre-softmax score that attention allows (causal, or `mask`), over every sequence of `x`."""
+    q, k = _queries_and_keys(attn, x, rope)
+    B, T, _, D = q.shape
+    best = -math.inf
+    for b in range(B):
+        for start in range(0, T, QUERY_CHUNK):
+            end = min(start + QUERY_CHUNK, T)
+            scores = torch.einsum("qhd,khd->hqk", q[b, start:end], k[b, :end]) / math.sqrt(D)  # (H, Q, end)
+            if mask is None:
+                allowed = _causal(start, end, x.device)
+            else:
+                allowed = mask[min(b, mask.shape[0] - 1), 0, start:end, :end]
+            best = max(best, float(scores.masked_fill(~allowed, -math.inf).max()))
+    return best
 
 
 class ActivationProbe:
-    """Forward hooks that record block outputs, attention-logit maxima and the output-logit maximum of one pass."""
+    """Forward hooks recording block outputs, attention-logit maxima and the output-logit maximum of a step's
+    forward passes; `reduce` combines them over ranks. Leave it (`__exit__`) before evaluation passes run."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.model, self.stats, self.handles = model, {}, []
+        n = len(model.blocks)
+        self.model, self.handles = model, []
+        self.square_sums, self.counts, self.act_max, self.attn_max = [0.0] * n, [0.0] * n, [0.0] * n, [-math.inf] * n
+        self.output_max = 0.0
 
     def __enter__(self) -> ActivationProbe:
         for i, block in enumerate(self.model.blocks):
@@ -85,18 +122,28 @@ class ActivationProbe:
 
     def _block_hook(self, i: int):
         def hook(module, inputs, output):
-            if f"layer/{i}/act_rms" not in self.stats:  # first micro-batch only
-                out = output.detach().float()
-                self.stats[f"layer/{i}/act_rms"] = float(out.pow(2).mean().sqrt())
-                self.stats[f"layer/{i}/act_max"] = float(out.abs().max())
+            out = output.detach().float()
+            self.square_sums[i] += float(out.pow(2).sum())
+            self.counts[i] += out.numel()
+            self.act_max[i] = max(self.act_max[i], float(out.abs().max()))
         return hook
 
     def _attn_hook(self, i: int):
         def hook(module, inputs, output):
-            key = f"layer/{i}/attn_logit_max"
-            if key not in self.stats:
-                self.stats[key] = attention_logit_max(module, inputs[0], inputs[1])
+            x, rope, mask = inputs[:3]
+            self.attn_max[i] = max(self.attn_max[i], attention_logit_max(module, x, rope, mask))
         return hook
 
     def _output_hook(self, module, inputs, output):
-        self.stats.setdefault("output_logit_max", float(output.detach().float().abs().max()))
+        self.output_max = max(self.output_max, float(output.detach().float().abs().max()))
+
+    def reduce(self, device: torch.device) -> dict[str, float]:
+        """The statistics over every rank's passes; every rank must call this (it holds collectives)."""
+        n = len(self.counts)
+        sums = sum_across_ranks(self.square_sums + self.counts, device)
+        maxima = max_across_ranks(self.act_max + self.attn_max + [self.output_max], device)
+        out = {"output_logit_max": maxima[-1]}
+        for i in range(n):
+            out[f"layer/{i}/act_rms"] = math.sqrt(sums[i] / max(sums[n + i], 1.0))
+            out[f"layer/{i}/act_max"], out[f"layer/{i}/attn_logit_max"] = maxima[i], maxima[n + i]
+        return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from kiln.distributed import unwrap
 from kiln.stability import forensics, layer_stats
 from kiln.stability.config import StabilityConfig
 from kiln.stability.spikes import GrowthTracker, SpikeDetector, SpikeScore
@@ -31,8 +32,10 @@ class StabilityMonitor(Callback):
         return bool(self.cfg.layer_stats_every) and step % self.cfg.layer_stats_every == 0
 
     def on_step_start(self, trainer) -> None:
+        self.on_fit_end(trainer)  # a step that ended in a NaN (rollback) left its probe attached
+        self._probe = self._before = None
         if self._stats_step(trainer.state.step + 1):
-            self._probe = layer_stats.ActivationProbe(trainer.model).__enter__()
+            self._probe = layer_stats.ActivationProbe(unwrap(trainer.model)).__enter__()
 
     def before_optimizer_step(self, trainer, loss: float, grad_norm: float) -> bool:
         """Judge this step's loss and gradient norm; True means: skip the update."""
@@ -41,8 +44,9 @@ class StabilityMonitor(Callback):
         skip = self.cfg.skip_spikes and any(flags.values())
         self._step = {"loss_spike": flags["loss"], "grad_norm_spike": flags["grad_norm"], "skipped": skip}
         if self._probe is not None:
-            self._step.update(layer_stats.grad_and_weight_norms(trainer.model))
-            self._before = layer_stats.snapshot(trainer.model)
+            self._probe.__exit__(None, None, None)  # the step's forward passes are done; evaluation's are not its
+            self._step.update(layer_stats.grad_and_weight_norms(unwrap(trainer.model)))
+            self._before = layer_stats.snapshot(unwrap(trainer.model))
         return skip
 
     def on_step_end(self, trainer, metrics: dict[str, Any]) -> None:
@@ -68,10 +72,9 @@ class StabilityMonitor(Callback):
     def _finish_layer_stats(self, trainer, metrics: dict[str, Any]) -> None:
         if self._probe is None:
             return
-        self._probe.__exit__(None, None, None)
-        metrics.update(self._probe.stats)
+        metrics.update(self._probe.reduce(trainer.device))
         if self._before is not None:
-            metrics.update(layer_stats.update_ratios(trainer.model, self._before))
+            metrics.update(layer_stats.update_ratios(unwrap(trainer.model), self._before))
         self._probe = self._before = None
 
     def on_fit_end(self, trainer) -> None:

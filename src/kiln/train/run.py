@@ -130,9 +130,10 @@ def build_run(cfg: TrainConfig, resume: bool | None = None) -> Run:
     if rank == 0:
         callbacks[4:4] = [cbs.MetricsWriter(run_dir, cfg.logging.tensorboard),
                           cbs.Progress(cfg.logging.progress, tc.log_every)]
+    peak = peak_flops(device, tc.precision, tc.peak_flops)
     trainer = Trainer(cfg, wrapped, optimizer, iter(train_loader), device, callbacks,
-                      flops_per_token(model_cfg, cfg.data.seq_len), peak_flops(device, tc.precision, tc.peak_flops),
-                      world_size)
+                      flops_per_token(model_cfg, cfg.data.seq_len), peak.value, world_size)
+    trainer.peak_source = peak.source
     if strategy in ("fsdp", "hsdp"):
         trainer.autocast_dtype = None  # FSDP's mixed-precision policy already computes in bf16
     if cfg.stability.rollback:
@@ -195,7 +196,7 @@ def train(cfg: TrainConfig, resume: bool | None = None) -> Run:
             n_params = sum(p.numel() for p in run.model.parameters())
             print(f"kiln train: {run.model.cfg.n_layers}-layer model, {n_params:,} parameters, {cfg.trainer.steps} "
                   f"steps of {cfg.tokens_per_step * ranks:,} tokens on {ranks} rank(s), run folder {run.run_dir} "
-                  f"({where})", flush=True)
+                  f"({where}); MFU against {run.trainer.peak_source}", flush=True)
         try:
             run.trainer.fit()
         except NonFiniteLoss as err:

@@ -96,6 +96,7 @@ class Trainer:
         self.cfg, self.model, self.optimizer, self.batches = cfg, model, optimizer, batches
         self.device, self.callbacks, self.world_size = device, callbacks, world_size
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+        self.peak_source = "configured peak" if peak_flops else "no peak (MFU off)"  # words for the run header
         self.state = TrainState()
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.last_batches: list = []  # the current step's micro-batches, for spike forensics
