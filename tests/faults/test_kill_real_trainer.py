@@ -1,9 +1,11 @@
 """kill -9 the real `kiln train` at random moments, inside checkpoint writes too, restarting it each time:
-the final weights are bitwise-identical to an uninterrupted run, and every checkpoint left behind (each one a
-possible resume point) equals the uninterrupted run's checkpoint of the same step."""
+the final weights are bitwise-identical to an uninterrupted run, every checkpoint left behind (each one a
+possible resume point) equals the uninterrupted run's checkpoint of the same step, and metrics.jsonl has exactly
+one line for every step."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -56,6 +58,8 @@ def test_random_kills_of_kiln_train_end_bitwise_identical(tiny_dataset, tmp_path
     for step in sorted(steps):
         assert (run_dir / f"step{step:06d}/model.safetensors").read_bytes() == (
             reference / f"step{step:06d}/model.safetensors").read_bytes(), step
+    logged = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, STEPS + 1)), "every step has exactly one metrics line after the kills"
     assert not list(run_dir.glob(".tmp-step*")) or all(
         not (p / "MANIFEST.json").exists() for p in run_dir.glob(".tmp-step*"))
     print(f"{report.runs} runs, {len(report.kills)} kills ({report.kills_during_trigger} in checkpoint writes), "

@@ -44,6 +44,15 @@ def packed_batch(first_len: int, second_len: int) -> tuple[torch.Tensor, torch.T
     return ids, doc_ids
 
 
+def run_at_positions(model: Transformer, ids: torch.Tensor, start: int,
+                     monkeypatch: pytest.MonkeyPatch) -> torch.Tensor:
+    """Logits of `ids` alone, with plain causal attention, at RoPE positions start, start + 1, ..."""
+    with monkeypatch.context() as patch:
+        patch.setattr(model, "_positions", lambda B, T, begin, pad_mask, device:
+                      torch.arange(start, start + T, device=device).expand(B, T))
+        return model(ids)
+
+
 @pytest.mark.parametrize(("block", "n_kv_heads"), VARIANTS)
 @torch.no_grad()
 def test_second_document_equals_running_it_alone(block: str, n_kv_heads: int | None,
@@ -55,9 +64,7 @@ def test_second_document_equals_running_it_alone(block: str, n_kv_heads: int | N
     ids, doc_ids = packed_batch(first, second)
     packed = model(ids, doc_ids=doc_ids)
     alone_from_zero = model(ids[:, first:])
-    monkeypatch.setattr(model, "_positions", lambda B, T, start, pad_mask, device:
-                        torch.arange(first, first + T, device=device).expand(B, T))
-    alone_at_packed_positions = model(ids[:, first:])
+    alone_at_packed_positions = run_at_positions(model, ids[:, first:], first, monkeypatch)
     torch.testing.assert_close(packed[:, first:], alone_at_packed_positions, atol=ATOL, rtol=RTOL)
     torch.testing.assert_close(packed[:, first:], alone_from_zero, atol=ATOL, rtol=RTOL)
     torch.testing.assert_close(packed[:, :first], model(ids[:, :first]), atol=ATOL, rtol=RTOL)
@@ -75,3 +82,26 @@ def test_no_attention_across_a_document_boundary(block: str, n_kv_heads: int | N
                                atol=0, rtol=0)
     # Without document ids the same edit does reach document 2: the mask is what keeps them apart.
     assert not torch.allclose(model(edited)[:, first:], model(ids)[:, first:])
+
+
+@pytest.mark.parametrize(("block", "n_kv_heads"), VARIANTS)
+@torch.no_grad()
+def test_intra_document_masking_equals_each_document_alone(block: str, n_kv_heads: int | None,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every document of every row, under intra-document masking, gives the logits it gives run alone.
+
+    The model numbers positions across the whole packed row (a document at 9..15 has RoPE positions 9..15), so
+    each reference runs its document alone at those same positions; the rows pack different boundaries,
+    including a one-token document, so a mask shared across rows or off by one would show.
+    """
+    model = tiny_model(block, n_kv_heads)
+    lengths = [[4, 1, 11], [9, 7]]  # documents per row, 16 tokens each
+    ids = torch.randint(0, 256, (2, 16))
+    doc_ids = torch.tensor([sum(([doc] * n for doc, n in enumerate(row)), []) for row in lengths])
+    packed = model(ids, doc_ids=doc_ids)
+    for row, row_lengths in enumerate(lengths):
+        start = 0
+        for n in row_lengths:
+            alone = run_at_positions(model, ids[row:row + 1, start:start + n], start, monkeypatch)
+            torch.testing.assert_close(packed[row:row + 1, start:start + n], alone, atol=ATOL, rtol=RTOL)
+            start += n

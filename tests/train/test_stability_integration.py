@@ -8,7 +8,9 @@ from safetensors.torch import load_file
 
 from kiln.errors import KilnError
 from kiln.model import Transformer
+from kiln.train.callbacks import Checkpointer
 from kiln.train.run import train
+from kiln.train.trainer import Trainer
 
 from .conftest import tiny_config, train_until_crash
 
@@ -93,15 +95,80 @@ def test_monitor_state_survives_resume(tiny_dataset, tmp_path, monkeypatch):
     assert "layer/1/attn_logit_max" in whole[1] and "layer/0/update_ratio" in whole[3]
 
 
+def _streak_config(dataset, run_dir, max_rollbacks: int = 2):
+    """Every step from 3 on is a spike (k = -1e9), so the second spike in a row asks for a rollback."""
+    return tiny_config(dataset, run_dir, checkpoint={"every": 1, "keep_last": 10}, eval={"every": 0},
+                       stability={"window": 2, "k": -1e9, "rollback": True, "rollback_after": 2,
+                                  "max_rollbacks": max_rollbacks, "layer_stats_every": 0, "forensics": False})
+
+
+def _train_state(folder):
+    return json.loads((folder / "train_state.json").read_text())
+
+
+def _records(run_dir):
+    return [json.loads(x) for x in (run_dir / "rollbacks.jsonl").read_text().splitlines()]
+
+
 def test_rollback_after_a_spike_streak_restores_a_checkpoint_from_before_it(tiny_dataset, tmp_path):
-    """Every step from 3 on is a spike (k = -1e9): after steps 3 and 4 the run goes back to step 2, not to the
-    checkpoints of steps 3 and 4 that already hold spiking updates; after max_rollbacks it stops."""
+    """After steps 3 and 4 spike the run goes back to step 2, not to the checkpoints of steps 3 and 4 that
+    already hold spiking updates; those are moved aside with their metrics lines; after max_rollbacks it stops."""
     run_dir = tmp_path / "run"
-    cfg = tiny_config(tiny_dataset, run_dir, checkpoint={"every": 1, "keep_last": 10}, eval={"every": 0},
-                      stability={"window": 2, "k": -1e9, "rollback": True, "rollback_after": 2, "max_rollbacks": 2,
-                                 "layer_stats_every": 0, "forensics": False})
     with pytest.raises(KilnError, match="after 2 rollbacks"):
-        train(cfg)
-    records = [json.loads(x) for x in (run_dir / "rollbacks.jsonl").read_text().splitlines()]
-    assert [(r["at_step"], r["restored"]) for r in records] == [(4, "step000002"), (4, "step000002")]
+        train(_streak_config(tiny_dataset, run_dir))
+    records = _records(run_dir)
+    assert [(r["at_step"], r["restored"], r["rollbacks"]) for r in records] == [(4, "step000002", 1),
+                                                                                 (4, "step000002", 2)]
     assert [r["lr_scale"] for r in records] == [0.5, 0.25]
+    assert [m["step"] for m in _metrics(run_dir)] == [1, 2, 3, 4]  # the replayed steps' lines, once each
+    for n in (1, 2):
+        discarded = run_dir / f"discarded/rollback{n}-at-step000004"
+        assert sorted(p.name for p in discarded.iterdir()) == ["metrics.jsonl", "step000003", "step000004"]
+        assert [m["step"] for m in _metrics(discarded)] == [3, 4]
+        assert _train_state(discarded / "step000004")["rollbacks"] == n - 1
+    kept = sorted(p.name for p in run_dir.glob("step*"))
+    assert kept == ["step000001", "step000002", "step000003", "step000004"]
+    assert (_train_state(run_dir / "step000004")["rollbacks"], _train_state(run_dir / "step000004")["lr_scale"]) == \
+        (2, 0.25)
+
+
+def test_rollback_count_and_lr_cut_survive_a_restart(tiny_dataset, tmp_path, monkeypatch):
+    """Killed after one rollback, before any later checkpoint: the restart resumes from the restored step with the
+    halved learning rate and the count of 1, so only one more rollback is allowed under max_rollbacks=2."""
+    run_dir = tmp_path / "run"
+    original = Trainer.train_step
+
+    def crash_after_first_rollback(self, micro_batches):
+        if self.state.rollbacks == 1:
+            raise RuntimeError("simulated crash")
+        return original(self, micro_batches)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "train_step", crash_after_first_rollback)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train(_streak_config(tiny_dataset, run_dir))
+    assert sorted(p.name for p in run_dir.glob("step*")) == ["step000001", "step000002"]
+    with pytest.raises(KilnError, match="after 2 rollbacks"):
+        train(_streak_config(tiny_dataset, run_dir))
+    assert [(r["rollbacks"], r["lr_scale"]) for r in _records(run_dir)] == [(1, 0.5), (2, 0.25)]
+    assert [m["step"] for m in _metrics(run_dir)] == [1, 2, 3, 4]
+    first_timeline = _metrics(run_dir / "discarded/rollback1-at-step000004")
+    assert _metrics(run_dir)[2]["lr"] == pytest.approx(first_timeline[0]["lr"] * 0.25)  # step 3, after two cuts
+
+
+def test_a_kill_inside_a_rollback_is_finished_on_restart(tiny_dataset, tmp_path, monkeypatch, capsys):
+    """Killed after the rollback was logged but before its checkpoints were moved: the restart moves them aside
+    and resumes from the restored step, not from the discarded step 4."""
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(Checkpointer, "on_rollback", lambda *args: (_ for _ in ()).throw(RuntimeError("killed")))
+        with pytest.raises(RuntimeError, match="killed"):
+            train(_streak_config(tiny_dataset, run_dir))
+    assert (run_dir / "step000004").exists() and len(_records(run_dir)) == 1
+    capsys.readouterr()
+    with pytest.raises(KilnError, match="after 2 rollbacks"):
+        train(_streak_config(tiny_dataset, run_dir))
+    assert "(resuming " + str(run_dir / "step000002") + ")" in capsys.readouterr().out
+    discarded = run_dir / "discarded/rollback1-at-step000004"
+    assert {"step000003", "step000004"} <= {p.name for p in discarded.iterdir()}
+    assert [(r["restored"], r["rollbacks"]) for r in _records(run_dir)] == [("step000002", 1), ("step000002", 2)]

@@ -3,8 +3,10 @@ import errno
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from kiln.data.loader import Batch
@@ -12,9 +14,11 @@ from kiln.errors import KilnError
 from kiln.model import ModelConfig, Transformer
 from kiln.optim.adamw import OptimConfig, build_adamw
 from kiln.train import checkpointing
+from kiln.train.callbacks import Evaluator
 from kiln.train.run import build_run, train
 from kiln.train.trainer import Trainer, loss_terms
 
+from ..data.conftest import write_dataset
 from .conftest import tiny_config, train_until_crash
 
 
@@ -180,14 +184,56 @@ def test_bf16_autocast_keeps_fp32_master_weights_and_tracks_fp32_loss(tiny_datas
     assert losses[1][0] == pytest.approx(losses[0][0], abs=0.05)
 
 
-def test_intra_document_masking_changes_the_loss(tiny_dataset, tmp_path):
-    """Instances of 128 tokens span documents of about 50-100 tokens, so masking must change the loss."""
-    data = {"seq_len": 128}
-    plain = train(tiny_config(tiny_dataset, tmp_path / "plain", trainer={"steps": 1}, data=data))
-    masked = train(tiny_config(tiny_dataset, tmp_path / "masked", trainer={"steps": 1},
-                               data={**data, "intra_doc_masking": True}))
-    loss = [json.loads((r.run_dir / "metrics.jsonl").read_text())["loss"] for r in (plain, masked)]
-    assert loss[0] != loss[1]
+def _summed_nats(model, batches, masked: bool) -> tuple[float, int]:
+    nats, count = 0.0, 0
+    with torch.no_grad():
+        for batch in batches:
+            logits = model(batch.input_ids, doc_ids=batch.doc_ids if masked else None)
+            nats += F.cross_entropy(logits.flatten(0, 1), batch.labels.flatten(), ignore_index=-100,
+                                    reduction="sum").item()
+            count += int((batch.labels != -100).sum())
+    return nats, count
+
+
+def test_intra_document_masking_reaches_training_and_validation(tiny_dataset, tmp_path):
+    """Instances of 128 tokens span documents of 50-100 tokens. With data.intra_doc_masking, the training loss and
+    the validation loss are the model's losses under the batches' document masks (which the model tests check
+    against each document run alone), and differ from the unmasked ones."""
+    cfg = tiny_config(tiny_dataset, tmp_path / "run", data={"seq_len": 128, "intra_doc_masking": True},
+                      trainer={"z_loss": 0.0})
+    run = build_run(cfg)
+    trainer, model = run.trainer, run.model
+    batch = next(trainer.batches)
+    with torch.no_grad():
+        ce, _ = trainer.forward_loss(batch, int((batch.labels != -100).sum()))
+    masked, count = _summed_nats(model, [batch], masked=True)
+    assert ce.item() == pytest.approx(masked / count, rel=1e-5)
+    assert abs(ce.item() - _summed_nats(model, [batch], masked=False)[0] / count) > 1e-4  # masks do matter here
+    evaluator = next(cb for cb in trainer.callbacks if isinstance(cb, Evaluator))
+    val_masked, val_count = _summed_nats(model, list(evaluator.rank_batches()), masked=True)
+    val_plain, _ = _summed_nats(model, list(evaluator.rank_batches()), masked=False)
+    val_loss = evaluator.evaluate(trainer)["val_loss"]
+    assert val_loss == pytest.approx(val_masked / val_count, rel=1e-5)
+    assert abs(val_loss - val_plain / val_count) > 1e-4
+
+
+def test_validation_is_the_same_targets_whatever_the_repeat_filter(tmp_path):
+    """Every document repeats one 2-gram 100 times, so the filter masks training instances; validation keeps every
+    target either way, and its loss does not depend on the setting."""
+    docs = [np.tile([5 + i, 9 + i], 100) for i in range(20)]
+    dataset = write_dataset(tmp_path / "repeats", docs)
+    results = {}
+    for on in (True, False):
+        data = {"repeat_filter": on, "val_fraction": 0.2, "seq_len": 64}
+        cfg = tiny_config(dataset, tmp_path / f"run-{on}", data=data, trainer={"steps": 1})
+        run = build_run(cfg)
+        evaluator = next(cb for cb in run.trainer.callbacks if isinstance(cb, Evaluator))
+        val_labels = torch.cat([b.labels for b in evaluator.rank_batches()])
+        assert (val_labels != -100).all()
+        assert bool((next(run.trainer.batches).labels == -100).all(dim=1).any()) == on  # it acts on training
+        results[on] = (val_labels, evaluator.evaluate(run.trainer)["val_loss"])
+    assert torch.equal(results[True][0], results[False][0])
+    assert results[True][1] == results[False][1]
 
 
 def test_activation_checkpointing_gives_the_same_weights(tiny_dataset, tmp_path):

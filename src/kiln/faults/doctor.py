@@ -107,8 +107,11 @@ def exact_matmuls() -> Iterator[None]:
 
 
 def check_matmul_throughput(probe: Probe, dtype: torch.dtype) -> CheckResult:
-    """Achieved dense matmul FLOP/s; on a known GPU against its data-sheet bf16 peak (`kiln.train.flops`)."""
-    from kiln.train.flops import gpu_peak_flops
+    """Achieved dense matmul FLOP/s; on a known GPU against its data-sheet peak (`kiln.train.flops`).
+
+    fp32 is held to the TF32 peak when torch's float32 matmul precision allows TF32, else to the plain fp32 one.
+    """
+    from kiln.train.flops import gpu_peak_flops, matmul_kind
 
     label = {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
     size = (4096 if probe.quick else 8192) if probe.cuda else (512 if probe.quick else 1024)
@@ -123,13 +126,14 @@ def check_matmul_throughput(probe: Probe, dtype: torch.dtype) -> CheckResult:
         return CheckResult(name, "warn", summary, "software", "check torch.get_num_threads() and the BLAS build; "
                            "a CPU this slow is misconfigured", metrics)
     device_name = torch.cuda.get_device_name(probe.device)
-    peak = gpu_peak_flops(device_name) if dtype == torch.bfloat16 else None
+    kind = matmul_kind(label)
+    peak = gpu_peak_flops(device_name, kind)
     if peak is None:
-        why = "no data-sheet peak known" if dtype == torch.bfloat16 else "peaks are tabled for bf16 only"
-        return CheckResult(name, "pass", f"{flops / 1e12:,.1f} TFLOP/s on {device_name} ({why})", metrics=metrics)
+        summary = f"{flops / 1e12:,.1f} TFLOP/s on {device_name} (no data-sheet peak known)"
+        return CheckResult(name, "pass", summary, metrics=metrics)
     metrics["peak_fraction"] = flops / peak
     status = "pass" if flops >= GPU_MIN_PEAK_FRACTION * peak else "warn"
-    summary = f"{flops / 1e12:,.1f} TFLOP/s = {flops / peak:.0%} of the {device_name} peak {peak / 1e12:,.0f}"
+    summary = f"{flops / 1e12:,.1f} TFLOP/s = {flops / peak:.0%} of the {device_name} {kind} peak {peak / 1e12:,.0f}"
     if status == "pass":
         return CheckResult(name, status, summary, metrics=metrics)
     return CheckResult(name, status, summary, "hardware", "low clocks (thermal or power capping, `nvidia-smi -q -d "

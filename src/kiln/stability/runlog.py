@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -10,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from kiln.errors import KilnError
+from kiln.train.metrics_log import METRICS_FILE, parse_metrics
 
-METRICS_FILE = "metrics.jsonl"
 ROLLBACKS_FILE = "rollbacks.jsonl"
 FORENSICS_DIR = "spikes"
 LAYER_KEY = re.compile(r"^layer/(\d+)/(\w+)$")
@@ -95,18 +94,7 @@ def read_run(path: str | Path, label: str | None = None) -> RunLog:
         raise KilnError(f"run folder {path} does not exist")
     if not file.is_file():
         raise KilnError(f"{path} has no {METRICS_FILE}; give a run folder (a trainer.run_dir that has trained)")
-    lines = [(n, line) for n, line in enumerate(file.read_text().splitlines(), 1) if line.strip()]
-    logged: list[dict[str, Any]] = []
-    for i, (n, line) in enumerate(lines):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            if i == len(lines) - 1:
-                break
-            raise KilnError(f"{file} line {n} is not JSON: {err}") from err
-        if not isinstance(record, dict) or not _is_number(record.get("step")):
-            raise KilnError(f"{file} line {n} has no step number: {line[:80]}")
-        logged.append(record)
+    logged = [record for _, record in parse_metrics(file)[0]]
     by_step = {int(record["step"]): record for record in logged}
     return RunLog(path, label or path.name, [by_step[s] for s in sorted(by_step)], logged)
 

@@ -84,6 +84,7 @@ def report(cfg: TrainConfig, trainer, times: dict[str, list[float]], device: tor
     print(f"kiln bench: {len(times['full'])} timed steps of {tokens:,} tokens on {device}, {cfg.trainer.precision}")
     print(f"  trainer: {result['tokens_per_s']:,.0f} tokens/s (median)"
           + (f", MFU {result['mfu']:.1%}" if "mfu" in result else ""))
+    print(f"  peak FLOP/s for MFU: {trainer.peak_source}")
     if times["bare"]:
         result["bare_tokens_per_s"] = tokens / statistics.median(times["bare"])
         result["ratio"] = result["tokens_per_s"] / result["bare_tokens_per_s"]

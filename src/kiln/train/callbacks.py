@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +16,16 @@ import torch
 import torch.nn.functional as F
 
 from kiln.data.loader import IGNORE_INDEX, Batch
-from kiln.distributed import is_rank0, sum_across_ranks, unwrap
+from kiln.distributed import barrier, is_rank0, sum_across_ranks, unwrap
 from kiln.errors import KilnError
-from kiln.train.checkpointing import PendingSave, list_checkpoints, prune_checkpoints, save_checkpoint
+from kiln.train.checkpointing import (
+    PendingSave,
+    discard_checkpoints_after,
+    list_checkpoints,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from kiln.train.metrics_log import METRICS_FILE, trim_metrics
 from kiln.train.trainer import Callback, NonFiniteLoss, Trainer
 
 log = logging.getLogger("kiln.train")
@@ -117,7 +125,7 @@ class Checkpointer(Callback):
     def save(self, trainer: Trainer) -> Path:
         self.finish_pending()
         state = {"step": trainer.state.step, "tokens": trainer.state.tokens, "lr_scale": trainer.state.lr_scale,
-                 "loader": self.loader.state_dict(),
+                 "rollbacks": trainer.state.rollbacks, "loader": self.loader.state_dict(),
                  "callbacks": {name: cb.state_dict() for name, cb in self.stateful.items()}}
         saved = save_checkpoint(self.run_dir, trainer.state.step, unwrap(trainer.model), trainer.optimizer, state,
                                 self.tokenizer, self.config_yaml, async_save=self.async_save)
@@ -126,6 +134,13 @@ class Checkpointer(Callback):
             return saved.final
         self._saved(saved)
         return saved
+
+    def on_rollback(self, trainer: Trainer, restored_step: int, discarded: Path) -> None:
+        """Checkpoints past the restored one hold the discarded updates: set them aside, an unfinished save too."""
+        self.finish_pending()
+        if is_rank0():
+            discard_checkpoints_after(self.run_dir, restored_step, discarded)
+        barrier()
 
     def finish_pending(self) -> None:
         if self.pending is not None:
@@ -175,35 +190,50 @@ class WatchdogCallback(Callback):
 
 
 class MetricsWriter(Callback):
-    """One JSON line per step in RUN/metrics.jsonl (and TensorBoard events as an option)."""
+    """One JSON line per step in RUN/metrics.jsonl (and TensorBoard events as an option).
 
-    def __init__(self, run_dir: Path, tensorboard: bool) -> None:
-        self.path = run_dir / "metrics.jsonl"
-        self.tensorboard, self.writer = tensorboard, None
+    It runs before the Checkpointer and fsyncs the line of every `durable_every`-th step (the checkpoint steps), so
+    a checkpoint never commits before its step's line is on disk; `kiln.train.metrics_log` says why that suffices.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool, durable_every: int = 0) -> None:
+        self.path = run_dir / METRICS_FILE
+        self.tensorboard, self.writer, self.durable_every = tensorboard, None, durable_every
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        self._drop_lines_after(trainer.state.step)
-        if self.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as err:
-                raise KilnError("logging.tensorboard needs the tensorboard package: pip install tensorboard") from err
-            self.writer = SummaryWriter(str(self.path.parent / "tensorboard"), purge_step=trainer.state.step + 1)
+        trim_metrics(self.path, trainer.state.step)  # steps past the checkpoint will be logged again
+        self._open_tensorboard(trainer.state.step)
 
-    def _drop_lines_after(self, step: int) -> None:
-        """After a resume, steps past the checkpoint will be logged again; drop their old lines."""
-        if not self.path.exists():
+    def _open_tensorboard(self, step: int) -> None:
+        if not self.tensorboard:
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as err:
+            raise KilnError("logging.tensorboard needs the tensorboard package: pip install tensorboard") from err
+        if self.writer is not None:
+            self.writer.close()
+        self.writer = SummaryWriter(str(self.path.parent / "tensorboard"), purge_step=step + 1)
 
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        step = metrics["step"]
         with self.path.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
+            if (self.durable_every and step % self.durable_every == 0) or step == trainer.cfg.trainer.steps:
+                f.flush()
+                os.fsync(f.fileno())
         if self.writer is not None:
             for key, value in metrics.items():
                 if key != "step" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(key, value, metrics["step"])
+                    self.writer.add_scalar(key, value, step)
+
+    def on_rollback(self, trainer: Trainer, restored_step: int, discarded: Path) -> None:
+        """The steps after the restored checkpoint will run again: their lines move to the discarded folder."""
+        removed = trim_metrics(self.path, restored_step)
+        if removed:
+            discarded.mkdir(parents=True, exist_ok=True)
+            (discarded / METRICS_FILE).write_text("".join(line + "\n" for line in removed))
+        self._open_tensorboard(restored_step)
 
     def on_fit_end(self, trainer: Trainer) -> None:
         if self.writer is not None:
@@ -237,6 +267,11 @@ class Progress(Callback):
             self._write(f"step {metrics['step']}/{trainer.cfg.trainer.steps} loss {metrics['loss']:.4f} "
                         f"z {metrics['z_loss']:.2e} grad_norm {metrics['grad_norm']:.3f} lr {metrics['lr']:.2e} "
                         f"tokens {metrics['tokens']:,} tok/s {metrics['tokens_per_s']:,.0f}{mfu}")
+
+    def on_rollback(self, trainer: Trainer, restored_step: int, discarded: Path) -> None:
+        if self.bar is not None:
+            self.bar.n = restored_step
+            self.bar.refresh()
 
     def _write(self, text: str) -> None:
         if self.bar is not None:

@@ -18,6 +18,7 @@ tensors by parameter name, not by rank, so a checkpoint loads on any number of r
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import threading
@@ -41,7 +42,7 @@ from torch.distributed.checkpoint.state_dict import (
 from kiln.checkpoint import WEIGHTS_FILE, read_model_config, save_model_dir
 from kiln.distributed import background_group, barrier, is_rank0
 from kiln.errors import KilnError
-from kiln.faults.manifest import MANIFEST, commit_checkpoint
+from kiln.faults.manifest import MANIFEST, commit_checkpoint, fsync_dir
 from kiln.model.config import ModelConfig
 
 STATE_FILE = "train_state.json"
@@ -174,6 +175,20 @@ def _write_error(tmp: Path, final: Path, err: OSError) -> KilnError:
 def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
     for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def move_aside(folder: Path, into: Path) -> Path:
+    """Move a step folder into `into` (made if needed), where resuming and pruning never look."""
+    into.mkdir(parents=True, exist_ok=True)
+    target = into / folder.name
+    os.replace(folder, target)
+    fsync_dir(folder.parent)
+    return target
+
+
+def discard_checkpoints_after(run_dir: Path, step: int, into: Path) -> list[Path]:
+    """Move every step folder past `step` (complete or not) into `into`; they belong to a discarded timeline."""
+    return [move_aside(path, into) for path in list_step_dirs(run_dir) if step_of(path) > step]
 
 
 def check_same_shape(path: Path, cfg: ModelConfig, model: nn.Module) -> None:

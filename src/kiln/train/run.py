@@ -20,7 +20,7 @@ from kiln.model.config import ModelConfig, flops_per_token
 from kiln.model.transformer import Transformer
 from kiln.optim.adamw import build_adamw
 from kiln.stability.monitor import StabilityMonitor
-from kiln.stability.rollback import Rollbacks
+from kiln.stability.rollback import Rollbacks, carry_rollback_state, finish_interrupted_rollback
 from kiln.train import callbacks as cbs
 from kiln.train.checkpointing import check_same_shape, list_step_dirs, load_checkpoint
 from kiln.train.config import TrainConfig
@@ -127,8 +127,8 @@ def build_run(cfg: TrainConfig, resume: bool | None = None) -> Run:
                                     async_save=cfg.checkpoint.async_save)
     sampler = cbs.Sampler(run_dir, tokenizer, cfg.eval.prompts, cfg.eval.samples, cfg.eval.sample_tokens, tc.seed)
     callbacks = [watchdog, evaluator, monitor, checkpointer, sampler]
-    if rank == 0:
-        callbacks[4:4] = [cbs.MetricsWriter(run_dir, cfg.logging.tensorboard),
+    if rank == 0:  # a step's metrics line is written before its checkpoint (kiln.train.metrics_log)
+        callbacks[3:3] = [cbs.MetricsWriter(run_dir, cfg.logging.tensorboard, durable_every=cfg.checkpoint.every),
                           cbs.Progress(cfg.logging.progress, tc.log_every)]
     peak = peak_flops(device, tc.precision, tc.peak_flops)
     trainer = Trainer(cfg, wrapped, optimizer, iter(train_loader), device, callbacks,
@@ -153,6 +153,7 @@ def maybe_resume(cfg: TrainConfig, resume: bool | None, model_cfg: ModelConfig, 
     exist but none verifies, the run stops rather than silently starting over (unless checkpoint.allow_fresh).
     """
     run_dir = Path(cfg.trainer.run_dir)
+    finish_interrupted_rollback(run_dir)  # a kill during a rollback may have left its discarded checkpoints
     path = newest_valid_checkpoint(run_dir, list_step_dirs, hashes=cfg.checkpoint.verify_hashes,
                                    allow_fresh=cfg.checkpoint.allow_fresh)
     if path is None:
@@ -167,7 +168,8 @@ def maybe_resume(cfg: TrainConfig, resume: bool | None, model_cfg: ModelConfig, 
         check_same_tokenizer(tokenizer_hash(saved_tok), tokenizer, f"the data of resumed run {run_dir}")
     state = load_checkpoint(path, model, trainer.optimizer)
     trainer.state.step, trainer.state.tokens = state["step"], state["tokens"]
-    trainer.state.lr_scale = state.get("lr_scale", 1.0)
+    trainer.state.lr_scale, trainer.state.rollbacks = state.get("lr_scale", 1.0), state.get("rollbacks", 0)
+    carry_rollback_state(run_dir, trainer.state)  # a rollback after this checkpoint still counts
     loader.load_state_dict(state["loader"])
     for name, callback in stateful.items():
         if name in state.get("callbacks", {}):

@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +35,9 @@ class Callback:
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         pass
 
+    def on_rollback(self, trainer: Trainer, restored_step: int, discarded: Path) -> None:
+        """The run went back to its checkpoint of `restored_step`; keep what is set aside under `discarded`."""
+
     def on_fit_end(self, trainer: Trainer) -> None:
         pass
 
@@ -47,6 +51,7 @@ class TrainState:
     step: int = 0
     tokens: int = 0
     lr_scale: float = 1.0  # lowered by each rollback, saved with checkpoints
+    rollbacks: int = 0  # rollbacks so far, saved with checkpoints so stability.max_rollbacks holds across restarts
 
 
 class _CrossEntropyZLoss(torch.autograd.Function):
@@ -100,7 +105,7 @@ class Trainer:
         self.state = TrainState()
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.last_batches: list = []  # the current step's micro-batches, for spike forensics
-        self.rollback_handler = None  # called as (trainer, reason, before_step) (stability.rollback)
+        self.rollback_handler = None  # (trainer, reason, before_step) -> (restored step, discarded folder)
         self._rollback: tuple[str, int | None] | None = None
         self.autocast_dtype = torch.bfloat16 if cfg.trainer.precision == "bf16" else None  # None: FSDP casts
 
@@ -164,14 +169,16 @@ class Trainer:
         self._rollback = (reason, before_step)
 
     def handle_rollback(self, reason: str, before_step: int | None = None, error: Exception | None = None) -> None:
-        """Roll back through the handler when one is set; otherwise a NaN loss ends the run."""
+        """Roll back through the handler when one is set, then tell the callbacks; otherwise a NaN ends the run."""
         self._rollback = None
         self.optimizer.zero_grad(set_to_none=True)
         if self.rollback_handler is None:
             if error is not None:
                 raise error
             return
-        self.rollback_handler(self, reason, before_step)
+        restored_step, discarded = self.rollback_handler(self, reason, before_step)
+        for cb in self.callbacks:
+            cb.on_rollback(self, restored_step, discarded)
 
     def forward_loss(self, batch, n_targets: int) -> tuple[Tensor, Tensor]:
         input_ids = batch.input_ids.to(self.device, non_blocking=True)
