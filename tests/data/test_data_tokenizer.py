@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from kiln.data import commands
 from kiln.data.tokenizer import (
@@ -19,6 +21,21 @@ from kiln.errors import KilnError
 
 TEXTS = ["The quick brown fox jumps over the lazy dog. " * 3, "Café, naïve, 東京 and 🙂 are not ASCII.",
          "To be, or not to be, that is the question."] * 5
+# Texts whose decoded bytes the per-token byte lengths must add up to: ASCII, accents, CJK, emoji, whitespace runs.
+BYTE_TEXTS = ["the cat sat on the mat", "Their café, the 日本 town 🙂!", "ß and 🚀 were never seen",
+              "two  spaces,\nthen a newline\tand a tab", "The hat: 12.5 cm"]
+# A Llama-style tokenizer learns its merges on these; 日, 本 and 🙂, seen once, fall out of its alphabet.
+SPM_TRAIN = [*["the cat sat on the mat, then the dog ate the hat.", "The café in the town is their café."] * 3,
+             "日本 🙂"]
+BYTE_TOKENS = [f"<0x{byte:02X}>" for byte in range(256)]
+# Decoders of SentencePiece-style tokenizers, each with the bytes it strips from the start of a text: the first
+# token's "▁" is a space the decoder drops there but that the same token keeps in the middle of text.
+SPM_DECODERS = {
+    "llama": (decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                 decoders.Strip(" ", 1, 0)]), 1),
+    "metaspace": (decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace()]), 1),
+    "gemma": (decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]), 0),
+}
 
 
 def test_builtin_tokenizer_has_eos_zero_and_round_trips():
@@ -47,14 +64,56 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path):
         load_tokenizer(tmp_path / "broken.json")
 
 
-def test_token_byte_lengths_sum_to_the_text_bytes():
-    tok = load_tokenizer("builtin")
-    lengths = token_byte_lengths(tok, 8320)  # padded past the vocabulary: the extra ids count 0 bytes
-    assert lengths.shape == (8320,) and lengths[8192:].sum() == 0
+def _spm_tokenizer(decoder: decoders.Decoder) -> Tokenizer:
+    """A tiny Llama-like BPE: Metaspace pieces, `<0x00>`..`<0xFF>` byte fallback in the model vocabulary (ids 3-258)."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", *BYTE_TOKENS],
+                                  limit_alphabet=len(set("".join(SPM_TRAIN))) - 3, show_progress=False)
+    tok.train_from_iterator(SPM_TRAIN, trainer=trainer)
+    spec = json.loads(tok.to_str())
+    spec["model"].update(byte_fallback=True, fuse_unk=True)
+    spec["added_tokens"] = [added for added in spec["added_tokens"] if added["content"] not in BYTE_TOKENS]
+    tok = Tokenizer.from_str(json.dumps(spec))
+    tok.decoder = decoder
+    tok.add_tokens(["<|note|>"])
+    return tok
+
+
+@pytest.mark.parametrize("kind", ["builtin", "trained"])
+def test_byte_level_token_byte_lengths_sum_to_the_text_bytes(kind):
+    tok = load_tokenizer("builtin") if kind == "builtin" else train_bpe(TEXTS, vocab_size=300)
+    size = vocab_size(tok)
+    lengths = token_byte_lengths(tok, size + 128)  # padded past the vocabulary: the extra ids count 0 bytes
+    assert lengths.shape == (size + 128,) and lengths[size:].sum() == 0
     assert lengths[eos_id(tok)] == 0
-    text = "Ay, marry, is't — but 東京 🙂 café!"
-    ids = tok.encode(text).ids
-    assert int(lengths[ids].sum()) == len(text.encode("utf-8"))
+    for text in [*BYTE_TEXTS, "Ay, marry, is't — but 東京 🙂 café!"]:
+        ids = tok.encode(text).ids
+        assert int(lengths[ids].sum()) == len(tok.decode(ids).encode("utf-8")) == len(text.encode("utf-8"))
+    whole = [token_id for token_id in range(size) if "\ufffd" not in tok.decode([token_id])]
+    assert all(lengths[token_id] == len(tok.decode([token_id]).encode("utf-8")) for token_id in whole)
+
+
+@pytest.mark.parametrize("decoder_name", SPM_DECODERS)
+def test_sentencepiece_token_byte_lengths_sum_to_the_decoded_bytes(decoder_name):
+    decoder, stripped = SPM_DECODERS[decoder_name]
+    tok = _spm_tokenizer(decoder)
+    assert tok.token_to_id("日") is None and tok.token_to_id("▁the") is not None
+    lengths = token_byte_lengths(tok, vocab_size(tok))
+    for text in [*BYTE_TEXTS, "a <|note|> for the cat"]:
+        ids = tok.encode(text).ids
+        assert tok.decode(ids) == (" " * (1 - stripped)) + text
+        assert int(lengths[ids].sum()) == len(tok.decode(ids).encode("utf-8")) + stripped
+    assert tok.encode("日本").tokens == ["▁", "<0xE6>", "<0x97>", "<0xA5>", "<0xE6>", "<0x9C>", "<0xAC>"]
+
+
+def test_sentencepiece_pieces_count_their_space_and_fallback_bytes_count_one():
+    tok = _spm_tokenizer(SPM_DECODERS["llama"][0])
+    lengths = token_byte_lengths(tok, vocab_size(tok) + 8)
+    for token, n_bytes in {"▁the": 4, "▁": 1, "hat": 3, "é": 2, "▁café": 6, "<0xC3>": 1, "<0x41>": 1, "<0x0A>": 1,
+                           "<|note|>": 8, "<unk>": 0, "<s>": 0, "</s>": 0}.items():
+        assert lengths[tok.token_to_id(token)] == n_bytes, token
+    assert lengths[vocab_size(tok):].sum() == 0
 
 
 def test_training_is_deterministic_and_keeps_eos_at_zero():

@@ -125,3 +125,25 @@ def test_fsdp_in_bf16_with_activation_checkpointing_tracks_fp32(runs, tiny_datas
     assert abs(bf16[0]["loss"] - fp32[0]["loss"]) < 0.05
     assert load_file(str(tmp_path / "bf16/step000006/model.safetensors"))["embed.weight"].dtype == torch.float32
     assert (tmp_path / "bf16/samples.txt").read_text().startswith("The king")
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_rollback_on_two_ranks_moves_the_discarded_timeline_aside(tiny_dataset, tmp_path, strategy):
+    """Every step from 3 on spikes (k = -1e9): both ranks roll back to step 2 twice, with FSDP's asynchronous saves
+    in flight, set steps 3 and 4 aside each time, and stop together at max_rollbacks with exit code 2."""
+    run_dir = tmp_path / strategy
+    config = _config(tiny_dataset, run_dir, micro=2, async_save=strategy == "fsdp", strategy=strategy)
+    config["checkpoint"].update(every=1, keep_last=10)
+    config["stability"].update(window=2, k=-1e9, rollback=True, rollback_after=2, max_rollbacks=2, forensics=False)
+    results, _ = run_ranks(TRAIN, {"config": config}, check=False)
+    assert [r.returncode for r in results] == [2, 2], [r.output[-2000:] for r in results]
+    assert "after 2 rollbacks" in results[0].output + results[1].output
+    records = [json.loads(x) for x in (run_dir / "rollbacks.jsonl").read_text().splitlines()]
+    assert [(r["restored"], r["rollbacks"], r["lr_scale"]) for r in records] == [("step000002", 1, 0.5),
+                                                                                  ("step000002", 2, 0.25)]
+    assert [m["step"] for m in _metrics(run_dir)] == [1, 2, 3, 4]
+    for n in (1, 2):
+        moved = {p.name for p in (run_dir / f"discarded/rollback{n}-at-step000004").iterdir()}
+        assert moved == {"metrics.jsonl", "step000003", "step000004"}
+    kept = {p.name for p in run_dir.glob("step*")}  # the last async save may still be in flight at the stop
+    assert {f"step{s:06d}" for s in range(1, 4)} <= kept <= {f"step{s:06d}" for s in range(1, 5)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,6 +23,8 @@ BUILTIN_TOKENIZER_PATH = ASSETS_DIR / "builtin_tokenizer.json"
 EOS_TOKEN = "<|endoftext|>"
 # Tried in order when a tokenizer has no "<|endoftext|>": the usual names of an end-of-document token.
 EOS_CANDIDATES = (EOS_TOKEN, "</s>", "<eos>", "<|end_of_text|>", "<|eot_id|>")
+# How SentencePiece-style byte fallback spells one raw byte in the vocabulary.
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")
 
 
 def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
@@ -83,25 +86,57 @@ def _is_byte_level(tok: Tokenizer) -> bool:
     return any(part.get("type") == "ByteLevel" for part in parts)
 
 
-def token_byte_lengths(tok: Tokenizer, vocab_size: int) -> np.ndarray:
-    """UTF-8 bytes each id stands for, for bits-per-byte; 0 for special tokens and ids past the vocabulary.
+def _anchor_id(tok: Tokenizer, tokens: dict[int, str]) -> int:
+    """The lowest id spelled as one ASCII letter or digit that decodes to itself: text no decoder joins to the next.
 
-    Byte-level BPE spells each byte as one character, so a token's length in characters is its length in bytes;
-    decoding single tokens instead would mangle tokens that hold part of a multi-byte character.
+    Spelled, not only decoded, so a byte-fallback token such as `<0x61>` (which would fuse with following bytes) is out.
+    """
+    for token_id, token in sorted(tokens.items()):
+        if len(token) == 1 and token.isascii() and token.isalnum() and tok.decode([token_id]) == token:
+            return token_id
+    raise KilnError("cannot measure token bytes: no token in the vocabulary is a single ASCII letter or digit that "
+                    "decodes to itself")
+
+
+def _decoded_byte_lengths(tok: Tokenizer, tokens: dict[int, str]) -> list[int]:
+    """Bytes each token adds when decoded after an anchor token, i.e. in the middle of text.
+
+    Decoding a token alone would drop what decoders strip at the start of text (Metaspace's leading space).
+    A byte-fallback token `<0xNN>` that decodes to U+FFFD is one byte of a multi-byte character, so it counts 1.
+    """
+    ids = list(tokens)
+    anchor = _anchor_id(tok, tokens)
+    anchor_text = tok.decode([anchor])
+    pairs = tok.decode_batch([[anchor, token_id] for token_id in ids])
+    anchor_bytes = len(anchor_text.encode("utf-8"))
+    lengths = []
+    for token_id, pair in zip(ids, pairs, strict=True):
+        lone_byte = pair == anchor_text + "\ufffd" and _BYTE_TOKEN.fullmatch(tokens[token_id])
+        lengths.append(1 if lone_byte else len(pair.encode("utf-8")) - anchor_bytes)
+    return lengths
+
+
+def token_byte_lengths(tok: Tokenizer, vocab_size: int) -> np.ndarray:
+    """UTF-8 bytes each id contributes to decoded text, the denominator of bits per byte.
+
+    Bits per byte counts the nats of the targets that are text over the bytes of that text, so special tokens (EOS)
+    and ids past the vocabulary count 0 bytes and the caller leaves zero-byte targets out of the numerator too.
+    Added non-special tokens count their content. Byte-level BPE spells each byte as one character, so a token's
+    length in characters is its length in bytes. Any other tokenizer is measured by its decoder in the middle of
+    text: `▁the` counts the space it decodes to, and a byte-fallback token `<0xC3>` counts the 1 byte it stands for.
     """
     lengths = np.zeros(vocab_size, dtype=np.int32)
-    special = {token_id for token_id, added in tok.get_added_tokens_decoder().items() if added.special}
-    added = {token_id: added.content for token_id, added in tok.get_added_tokens_decoder().items()}
-    byte_level = _is_byte_level(tok)
-    for token, token_id in tok.get_vocab(with_added_tokens=True).items():
-        if token_id >= vocab_size or token_id in special:
-            continue
-        if token_id in added:
-            lengths[token_id] = len(added[token_id].encode("utf-8"))
-        elif byte_level:
-            lengths[token_id] = len(token)
-        else:
-            lengths[token_id] = len(tok.decode([token_id], skip_special_tokens=False).encode("utf-8"))
+    added = tok.get_added_tokens_decoder()
+    for token_id, token in added.items():
+        if token_id < vocab_size and not token.special:
+            lengths[token_id] = len(token.content.encode("utf-8"))
+    tokens = {token_id: token for token, token_id in tok.get_vocab(with_added_tokens=False).items()
+              if token_id < vocab_size and token_id not in added}
+    if _is_byte_level(tok):
+        counts = [len(token) for token in tokens.values()]
+    else:
+        counts = _decoded_byte_lengths(tok, tokens)
+    lengths[list(tokens)] = counts
     return lengths
 
 
