@@ -56,7 +56,7 @@ def save_model_dir(model: Transformer, out_dir: str | Path, tokenizer: Tokenizer
     if not writer:
         return out
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    save_weights(state, out / WEIGHTS_FILE)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model.cfg.to_dict()}
     _atomic_write(out / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
     if isinstance(tokenizer, Tokenizer):
@@ -76,11 +76,29 @@ def _full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # reading the mask means setting it: done once, at import, before any thread starts
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_read_umask()
+
+
 def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file and rename, so a crash never leaves a half-written file under `path`."""
+    """Write through a temporary file and rename, so a crash never leaves a half-written file under `path`.
+
+    The file gets the mode any new file gets (safetensors creates its files 0600, unreadable to other users).
+    """
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
+    os.chmod(tmp, _FILE_MODE)
     os.replace(tmp, path)
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """A safetensors file, written atomically and readable like every other file of the checkpoint."""
+    _atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
 
 
 def resolve_model_dir(path: str | Path) -> Path:

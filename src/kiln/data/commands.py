@@ -15,10 +15,15 @@ from kiln.errors import KilnError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("prepare", help="tokenize text files into a dataset folder of token shards")
+    p = subparsers.add_parser(
+        "prepare", help="tokenize text files into a dataset folder of token shards",
+        description="Tokenize text into a dataset folder for `kiln train --data.paths=[DIR]`. Each .txt or .md file "
+        "is one document, however long; each line of a JSONL file is one document (its --text-field). Validation "
+        "holds out whole documents, or, for a one-document dataset, the tail of its tokens.")
     p.add_argument("inputs", nargs="*", type=Path,
-                   help="files or folders of .txt .md .jsonl .json.gz .jsonl.gz .jsonl.zst (default: the built-in "
-                        "Shakespeare corpus, prepared once into the kiln cache)")
+                   help="files or folders of .txt .md (one document per file) and .jsonl .json.gz .jsonl.gz "
+                        ".jsonl.zst (one document per line) (default: the built-in Shakespeare corpus, prepared once "
+                        "into the kiln cache)")
     p.add_argument("--out", type=Path, default=None, help="dataset folder to create (default: data/<first input>)")
     p.add_argument("--tokenizer", default=BUILTIN_TOKENIZER, help="'builtin' or a path to a tokenizer.json")
     p.add_argument("--text-field", default="text", help="JSON field holding each document's text")
@@ -68,7 +73,8 @@ def print_summary(folder: Path, seconds: float, reused: bool = False) -> None:
     meta = json.loads((folder / shards.META_FILE).read_text(encoding="utf-8"))
     megabytes = meta["text_bytes"] / 1e6
     speed = "reused from the cache" if reused else f"{megabytes / seconds:.2f} MB/s over {seconds:.1f}s"
-    print(f"{meta['num_documents']:,} documents, {meta['num_tokens']:,} tokens ({meta['dtype']}, "
+    documents = meta["num_documents"]
+    print(f"{documents:,} document{'' if documents == 1 else 's'}, {meta['num_tokens']:,} tokens ({meta['dtype']}, "
           f"{len(meta['shards'])} shard(s)), {megabytes:.2f} MB of text, {speed}")
     print(f"tokenizer {meta['tokenizer']['name']} (vocab {meta['tokenizer']['vocab_size']}, "
           f"hash {meta['tokenizer']['hash'][:12]}), EOS id {meta['eos_id']}")

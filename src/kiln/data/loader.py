@@ -61,7 +61,7 @@ class InstanceLoader:
         self.weights = None if weights is None else list(weights)
         self.repeat_filter = repeat_filter or RepeatFilterConfig(enabled=False)
         self.eos_id = self.sources[0].eos_id
-        self.views = [split_view(ds, split, val_fraction) for ds in self.sources]
+        self.views = [split_view(ds, split, val_fraction, min_tokens=seq_len + 1) for ds in self.sources]
         self.instance_counts = [max(0, (view.num_tokens - 1) // seq_len) for view in self.views]
         if sum(self.instance_counts) == 0:
             sizes = ", ".join(f"{ds.path}: {v.num_tokens}" for ds, v in zip(self.sources, self.views, strict=True))

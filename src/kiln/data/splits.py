@@ -39,16 +39,27 @@ class SplitView:
     """The documents of one split laid end to end as one token stream, read by slicing runs of adjacent documents."""
 
     def __init__(self, dataset: TokenDataset, documents: np.ndarray):
-        self.dataset = dataset
         selected = np.flatnonzero(documents)
         breaks = np.flatnonzero(np.diff(selected) != 1) + 1
         first = selected[np.concatenate([[0], breaks])] if len(selected) else selected
         last = selected[np.concatenate([breaks - 1, [len(selected) - 1]])] if len(selected) else selected
-        self.run_starts = dataset.doc_starts[first].astype(np.int64)  # (R,) position in the dataset's stream
-        lengths = dataset.doc_starts[last + 1] - self.run_starts
+        self._set_runs(dataset, dataset.doc_starts[first], dataset.doc_starts[last + 1])
+        self.num_documents = len(selected)
+
+    @classmethod
+    def token_range(cls, dataset: TokenDataset, start: int, stop: int) -> SplitView:
+        """Tokens [start, stop) of the dataset's stream as one run: a split inside a single document."""
+        view = cls.__new__(cls)
+        view._set_runs(dataset, np.array([start]), np.array([stop]))
+        view.num_documents = 1 if stop > start else 0
+        return view
+
+    def _set_runs(self, dataset: TokenDataset, run_starts: np.ndarray, run_stops: np.ndarray) -> None:
+        self.dataset = dataset
+        self.run_starts = np.asarray(run_starts, dtype=np.int64)  # (R,) position in the dataset's stream
+        lengths = np.asarray(run_stops, dtype=np.int64) - self.run_starts
         self.view_starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # (R + 1,) position in the view
         self.num_tokens = int(self.view_starts[-1])
-        self.num_documents = len(selected)
 
     def read(self, start: int, length: int) -> np.ndarray:
         """Tokens [start, start + length) of the view."""
@@ -66,13 +77,26 @@ class SplitView:
         return np.concatenate(pieces)
 
 
-def split_view(dataset: TokenDataset, split: str, val_fraction: float) -> SplitView:
-    """The train or val documents of `dataset`."""
+def held_out_tail(dataset: TokenDataset, val_fraction: float, min_tokens: int = 1) -> int:
+    """Tokens held out from the end of a one-document dataset for validation (0 when there is no such split):
+    the last `val_fraction` of them, but at least `min_tokens` (one instance) while half the document is left."""
+    if dataset.num_documents != 1 or val_fraction == 0.0:
+        return 0
+    return min(max(min_tokens, round(val_fraction * dataset.num_tokens)), max(1, dataset.num_tokens // 2))
+
+
+def split_view(dataset: TokenDataset, split: str, val_fraction: float, min_tokens: int = 1) -> SplitView:
+    """The train or val documents of `dataset`; a one-document dataset splits its tokens instead (the last
+    `val_fraction` of them are validation), since whole documents cannot be held out of it."""
     if split not in SPLITS:
         raise KilnError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    tail = held_out_tail(dataset, val_fraction, min_tokens)
+    if tail:
+        cut = dataset.num_tokens - tail
+        return SplitView.token_range(dataset, cut, dataset.num_tokens) if split == "val" else \
+            SplitView.token_range(dataset, 0, cut)
     val = val_document_mask(dataset.num_documents, val_fraction)
     if split == "val" and not val.any():
-        raise KilnError(f"dataset {dataset.path} has no validation documents: it has {dataset.num_documents} "
-                        f"document(s) and val_fraction={val_fraction}; a validation split needs val_fraction > 0 "
-                        "and at least 2 documents")
+        raise KilnError(f"dataset {dataset.path} has no validation documents: data.val_fraction={val_fraction}; "
+                        "set data.val_fraction above 0 for a validation split, or 0 to train without one")
     return SplitView(dataset, val if split == "val" else ~val)

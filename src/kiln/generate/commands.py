@@ -27,29 +27,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     from kiln import from_pretrained
-    from kiln.checkpoint import load_checkpoint_tokenizer, special_token_id
-    from kiln.generate.sampling import generate
+    from kiln.checkpoint import load_checkpoint_tokenizer
+    from kiln.generate.sampling import generate_text
 
     tokenizer = load_checkpoint_tokenizer(args.checkpoint)
     if tokenizer is None and not args.ids:
         raise KilnError(f"{args.checkpoint!r} has no tokenizer.json; pass --ids with space-separated token ids")
-    if args.ids:
-        prompts_ids = [_parse_ids(prompt) for prompt in args.prompt]
-    else:
-        prompts_ids = [tokenizer.encode(prompt).ids for prompt in args.prompt]
-    eos_id = args.eos_id if args.eos_id is not None else (special_token_id(tokenizer, "eos") if tokenizer else None)
     model = from_pretrained(args.checkpoint, device=args.device)
-    vocab_size = min(model.cfg.vocab_size, tokenizer.get_vocab_size()) if tokenizer else None
-    outputs = generate(model, prompts_ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, eos_id=eos_id, seed=args.seed, use_cache=not args.no_cache,
-                       vocab_size=vocab_size)
-    for prompt, prompt_ids, new_ids in zip(args.prompt, prompts_ids, outputs, strict=True):
-        if args.ids:
-            print(f"{prompt} -> {' '.join(map(str, new_ids))}")
-        else:  # decode prompt and completion together, so the tokenizer joins them as it would any text
-            print(tokenizer.decode(prompt_ids + new_ids, skip_special_tokens=False))
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                    use_cache=not args.no_cache, eos_id=args.eos_id)
+    if args.ids:
+        _print_ids(model, tokenizer, args, sampling)
+    else:
+        for text in generate_text(model, tokenizer, args.prompt, args.max_new_tokens, **sampling):
+            print(text)
             print("---")
     return 0
+
+
+def _print_ids(model, tokenizer, args: argparse.Namespace, sampling: dict) -> None:
+    """Prompts and completions as token ids, for checkpoints without a tokenizer (or to see the ids)."""
+    from kiln.checkpoint import special_token_id
+    from kiln.generate.sampling import generate
+
+    if sampling["eos_id"] is None and tokenizer is not None:
+        sampling["eos_id"] = special_token_id(tokenizer, "eos")
+    vocab_size = min(model.cfg.vocab_size, tokenizer.get_vocab_size()) if tokenizer else None
+    outputs = generate(model, [_parse_ids(p) for p in args.prompt], args.max_new_tokens, vocab_size=vocab_size,
+                       **sampling)
+    for prompt, new_ids in zip(args.prompt, outputs, strict=True):
+        print(f"{prompt} -> {' '.join(map(str, new_ids))}")
 
 
 def _parse_ids(prompt: str) -> list[int]:

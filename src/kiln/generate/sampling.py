@@ -139,3 +139,21 @@ def _validate(prompts_ids: list[list[int]], max_new_tokens: int, temperature: fl
     bad = sorted({i for ids in prompts_ids for i in ids if not 0 <= i < vocab_size})
     if bad:
         raise KilnError(f"prompt token ids {bad[:10]} are outside the vocabulary 0..{vocab_size - 1}")
+
+
+def generate_text(model: Transformer, tokenizer, prompts: list[str], max_new_tokens: int = 64,
+                  **sampling) -> list[str]:
+    """Each prompt followed by its completion, as text: `generate` on the tokenizer's ids, stopping at its EOS.
+
+    Prompt and completion are decoded together, so the tokenizer joins them as it would any text. `sampling` takes
+    `generate`'s temperature, top_k, top_p, seed and use_cache, and eos_id (default: the tokenizer's).
+    """
+    from kiln.checkpoint import special_token_id
+
+    prompts_ids = [tokenizer.encode(prompt).ids for prompt in prompts]
+    eos_id = sampling.pop("eos_id", None)
+    eos_id = special_token_id(tokenizer, "eos") if eos_id is None else eos_id
+    vocab_size = min(model.cfg.vocab_size, tokenizer.get_vocab_size())
+    outputs = generate(model, prompts_ids, max_new_tokens, eos_id=eos_id, vocab_size=vocab_size, **sampling)
+    return [tokenizer.decode(ids + new, skip_special_tokens=False) for ids, new in zip(prompts_ids, outputs,
+                                                                                        strict=True)]

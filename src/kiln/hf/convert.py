@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from kiln.checkpoint import (
     TOKENIZER_FILE,
@@ -29,6 +29,7 @@ from kiln.checkpoint import (
     load_model_dir,
     resolve_model_dir,
     save_model_dir,
+    save_weights,
     special_token_id,
 )
 from kiln.errors import KilnError
@@ -250,7 +251,7 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
     hf_config = config_to_hf(model.cfg, state["embed.weight"].dtype, eos_id, pad_id)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(state_to_hf(model.cfg, state), str(out / HF_WEIGHTS_FILE), metadata={"format": "pt"})
+    save_weights(state_to_hf(model.cfg, state), out / HF_WEIGHTS_FILE)
     (out / HF_CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
     (out / KILN_CONFIG_FILE).write_text(json.dumps(model.cfg.to_dict(), indent=2) + "\n")
     if tokenizer is not None:

@@ -241,16 +241,23 @@ class MetricsWriter(Callback):
 
 
 class Progress(Callback):
-    """A live bar (ETA, loss, tokens/s) on a terminal; plain log lines every `log_every` steps otherwise."""
+    """A live bar (ETA, loss, tokens/s) on a terminal; plain log lines every `log_every` steps otherwise.
+
+    While the bar is up, log records go through its writer, so a line such as "saved checkpoint" never lands in
+    the middle of the bar.
+    """
 
     def __init__(self, mode: str, log_every: int) -> None:
         self.bar_wanted = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
-        self.log_every, self.bar = log_every, None
+        self.log_every, self.bar, self._redirect = log_every, None, None
 
     def on_fit_start(self, trainer: Trainer) -> None:
         if self.bar_wanted:
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
+            self._redirect = logging_redirect_tqdm()
+            self._redirect.__enter__()
             self.bar = tqdm(total=trainer.cfg.trainer.steps, initial=trainer.state.step, unit="step",
                             dynamic_ncols=True)
 
@@ -282,6 +289,8 @@ class Progress(Callback):
     def on_fit_end(self, trainer: Trainer) -> None:
         if self.bar is not None:
             self.bar.close()
+            self._redirect.__exit__(None, None, None)
+            self.bar = None
 
 
 class Sampler(Callback):
@@ -295,20 +304,17 @@ class Sampler(Callback):
         self.max_new_tokens, self.seed = max_new_tokens, seed
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        from kiln.data.tokenizer import eos_id
-        from kiln.generate import generate
+        from kiln.generate import generate_text
 
         if not self.prompts:
             return
-        prompts = [self.tokenizer.encode(p).ids for p in self.prompts]
         # FSDP in bf16 computes in bf16 while its (sharded) weights, and so the KV cache, stay fp32: cast them alike.
         fsdp_bf16 = trainer.cfg.trainer.precision == "bf16" and trainer.autocast_dtype is None
         with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=fsdp_bf16):
-            outputs = generate(unwrap(trainer.model), prompts, max_new_tokens=self.max_new_tokens, temperature=0.8,
-                               top_k=50, eos_id=eos_id(self.tokenizer), seed=self.seed)
+            texts = generate_text(unwrap(trainer.model), self.tokenizer, self.prompts, self.max_new_tokens,
+                                  temperature=0.8, top_k=50, seed=self.seed)
         if not is_rank0():
             return
-        texts = [p + self.tokenizer.decode(o) for p, o in zip(self.prompts, outputs, strict=True)]
         (self.run_dir / "samples.txt").write_text("\n\n---\n\n".join(texts) + "\n")
         for text in texts:
             print(f"--- sample ---\n{text}", flush=True)

@@ -80,7 +80,7 @@ class EvalConfig:
     max_batches: int = 10
     samples: int = 2
     sample_tokens: int = 48
-    prompts: list[str] = field(default_factory=lambda: ["ROMEO:", "To be, or not to be"])
+    prompts: list[str] | None = None  # default: the built-in corpus's two, or the opening words of held-out documents
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,6 +13,8 @@ from kiln import distributed
 from kiln.data.baseline import unigram_cross_entropy
 from kiln.data.dataset import TokenDataset
 from kiln.data.loader import InstanceLoader, RepeatFilterConfig
+from kiln.data.prompts import opening_prompts
+from kiln.data.splits import held_out_tail
 from kiln.data.tokenizer import check_same_tokenizer, token_byte_lengths, tokenizer_hash
 from kiln.errors import KilnError
 from kiln.faults.manifest import newest_valid_checkpoint
@@ -24,6 +26,7 @@ from kiln.stability.rollback import Rollbacks, carry_rollback_state, finish_inte
 from kiln.train import callbacks as cbs
 from kiln.train.checkpointing import check_same_shape, list_step_dirs, load_checkpoint
 from kiln.train.config import TrainConfig
+from kiln.train.config_changes import record_config
 from kiln.train.flops import peak_flops
 from kiln.train.trainer import NonFiniteLoss, Trainer
 
@@ -62,15 +65,39 @@ def build_model_config(cfg: TrainConfig, data_vocab: int) -> ModelConfig:
     return model_cfg
 
 
+BUILTIN_PROMPTS = ["ROMEO:", "To be, or not to be"]
+
+
 def build_loaders(cfg: TrainConfig, datasets: list[TokenDataset], rank: int,
-                  world_size: int) -> tuple[InstanceLoader, InstanceLoader]:
-    """Train and validation loaders for this rank. The repeated n-gram filter applies to training only, so the
-    validation set is the same tokens and targets whatever the training filter does."""
+                  world_size: int) -> tuple[InstanceLoader, InstanceLoader | None]:
+    """Train and validation loaders for this rank; no validation loader when data.val_fraction is 0.
+
+    The repeated n-gram filter applies to training only, so the validation set is the same tokens and targets
+    whatever the training filter does. A one-document dataset holds out the tail of its tokens (`data.splits`).
+    """
     args = dict(seq_len=cfg.data.seq_len, batch_size=cfg.trainer.micro_batch_size, seed=cfg.trainer.seed, rank=rank,
                 world_size=world_size, val_fraction=cfg.data.val_fraction, weights=cfg.data.weights)
     train = InstanceLoader(datasets, split="train", repeat_filter=RepeatFilterConfig(enabled=cfg.data.repeat_filter),
                            **args)
+    if cfg.data.val_fraction == 0:
+        log.info("validation off (data.val_fraction=0): no validation loss, perplexity or bits per byte")
+        return train, None
+    for ds in datasets:
+        tail = held_out_tail(ds, cfg.data.val_fraction, cfg.data.seq_len + 1)
+        if tail:
+            log.info("dataset %s is one document: its last %s tokens are held out for validation", ds.path,
+                     f"{tail:,}")
     return train, InstanceLoader(datasets, split="val", repeat_filter=None, **args)
+
+
+def sample_prompts(cfg: TrainConfig, train_loader: InstanceLoader, val_loader: InstanceLoader | None) -> list[str]:
+    """The configured prompts; else the built-in corpus's own, or the opening words of held-out documents."""
+    if cfg.eval.prompts is not None:
+        return cfg.eval.prompts
+    if not cfg.data.paths:
+        return BUILTIN_PROMPTS
+    views = (val_loader.views if val_loader else []) + train_loader.views  # held-out documents first
+    return opening_prompts(views, train_loader.sources[0].tokenizer, train_loader.eos_id, cfg.eval.samples)
 
 
 @dataclass
@@ -84,52 +111,69 @@ class Run:
     train_loader: InstanceLoader
     checkpointer: cbs.Checkpointer
     resumed_from: Path | None
+    notes: list[str] = field(default_factory=list)  # what changed since the last start, for the run header
+
+    @property
+    def complete(self) -> bool:
+        return self.resumed_from is not None and self.trainer.state.step >= self.cfg.trainer.steps
+
+
+def build_model(cfg: TrainConfig, model_cfg: ModelConfig, device: torch.device) -> Transformer:
+    model = Transformer(model_cfg).to(device)
+    if cfg.trainer.activation_checkpointing:
+        from kiln.train.wrapping import apply_activation_checkpointing
+
+        apply_activation_checkpointing(model)
+    return model
+
+
+def build_callbacks(cfg: TrainConfig, run_dir: Path, tokenizer, model_cfg: ModelConfig, train_loader: InstanceLoader,
+                    val_loader: InstanceLoader | None) -> tuple[list, cbs.Checkpointer]:
+    """The callbacks in the order the trainer calls them; rank 0 alone writes metrics and draws progress."""
+    watchdog = cbs.WatchdogCallback(cfg.watchdog)
+    monitor = StabilityMonitor(cfg.stability, run_dir, tokenizer, train_loader.locate)
+    checkpointer = cbs.Checkpointer(run_dir, cfg.checkpoint.every, cfg.checkpoint.keep_last,
+                                    cfg.checkpoint.save_final, train_loader, tokenizer,
+                                    yaml.safe_dump(cfg.to_dict(), sort_keys=False),
+                                    stateful={"stability": monitor, "watchdog": watchdog},
+                                    async_save=cfg.checkpoint.async_save)
+    sampler = cbs.Sampler(run_dir, tokenizer, sample_prompts(cfg, train_loader, val_loader), cfg.eval.samples,
+                          cfg.eval.sample_tokens, cfg.trainer.seed)
+    callbacks = [watchdog, monitor, checkpointer, sampler]
+    if val_loader is not None:
+        unigram = unigram_cross_entropy(train_loader.views, val_loader.views, model_cfg.padded_vocab_size)
+        callbacks.insert(1, cbs.Evaluator(val_loader, token_byte_lengths(tokenizer, model_cfg.padded_vocab_size),
+                                          cfg.eval.every, cfg.eval.max_batches, unigram))
+    if distributed.is_rank0():  # a step's metrics line is written before its checkpoint (kiln.train.metrics_log)
+        at = callbacks.index(checkpointer)
+        callbacks[at:at] = [cbs.MetricsWriter(run_dir, cfg.logging.tensorboard, durable_every=cfg.checkpoint.every),
+                            cbs.Progress(cfg.logging.progress, cfg.trainer.log_every)]
+    return callbacks, checkpointer
 
 
 def build_run(cfg: TrainConfig, resume: bool | None = None) -> Run:
     """`resume=None` continues from the newest checkpoint when the run folder has one; True demands one.
 
     On several ranks (after `distributed.init_distributed`) each reads its own slice of every global batch.
+    A run found complete (resumed at or past trainer.steps) writes nothing.
     """
     tc = cfg.trainer
-    rank, world_size = distributed.rank(), distributed.world_size()
+    world_size = distributed.world_size()
     strategy = distributed.resolve_strategy(cfg.distributed.strategy, world_size)
     device = pick_device(tc.device)
     if device.type == "cpu" and tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
     run_dir = Path(tc.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     datasets = open_datasets(cfg)
     tokenizer = datasets[0].tokenizer
     model_cfg = build_model_config(cfg, datasets[0].vocab_size)
-    model = Transformer(model_cfg).to(device)
-    if tc.activation_checkpointing:
-        from kiln.train.wrapping import apply_activation_checkpointing
-
-        apply_activation_checkpointing(model)
+    model = build_model(cfg, model_cfg, device)
     wrapped = distributed.parallelize(model, strategy, device, tc.precision, cfg.distributed,
                                       compile_blocks=tc.compile and strategy != "none")
     optimizer = build_adamw(model, cfg.optim)
-    train_loader, val_loader = build_loaders(cfg, datasets, rank, world_size)
-
-    config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    if rank == 0:
-        (run_dir / "config.yaml").write_text(config_yaml)
-    unigram = unigram_cross_entropy(train_loader.views, val_loader.views, model_cfg.padded_vocab_size)
-    evaluator = cbs.Evaluator(val_loader, token_byte_lengths(tokenizer, model_cfg.padded_vocab_size),
-                              cfg.eval.every, cfg.eval.max_batches, unigram)
-    monitor = StabilityMonitor(cfg.stability, run_dir, tokenizer, train_loader.locate)
-    watchdog = cbs.WatchdogCallback(cfg.watchdog)
-    checkpointer = cbs.Checkpointer(run_dir, cfg.checkpoint.every, cfg.checkpoint.keep_last,
-                                    cfg.checkpoint.save_final, train_loader, tokenizer, config_yaml,
-                                    stateful={"stability": monitor, "watchdog": watchdog},
-                                    async_save=cfg.checkpoint.async_save)
-    sampler = cbs.Sampler(run_dir, tokenizer, cfg.eval.prompts, cfg.eval.samples, cfg.eval.sample_tokens, tc.seed)
-    callbacks = [watchdog, evaluator, monitor, checkpointer, sampler]
-    if rank == 0:  # a step's metrics line is written before its checkpoint (kiln.train.metrics_log)
-        callbacks[3:3] = [cbs.MetricsWriter(run_dir, cfg.logging.tensorboard, durable_every=cfg.checkpoint.every),
-                          cbs.Progress(cfg.logging.progress, tc.log_every)]
+    train_loader, val_loader = build_loaders(cfg, datasets, distributed.rank(), world_size)
+    callbacks, checkpointer = build_callbacks(cfg, run_dir, tokenizer, model_cfg, train_loader, val_loader)
     peak = peak_flops(device, tc.precision, tc.peak_flops)
     trainer = Trainer(cfg, wrapped, optimizer, iter(train_loader), device, callbacks,
                       flops_per_token(model_cfg, cfg.data.seq_len), peak.value, world_size)
@@ -142,7 +186,11 @@ def build_run(cfg: TrainConfig, resume: bool | None = None) -> Run:
                                 checkpointer.stateful)
     if tc.compile and strategy == "none":
         trainer.model = torch.compile(model)
-    return Run(cfg, run_dir, model, trainer, train_loader, checkpointer, resumed_from)
+    run = Run(cfg, run_dir, model, trainer, train_loader, checkpointer, resumed_from)
+    if not run.complete and distributed.is_rank0():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        run.notes = record_config(run_dir, cfg, trainer.state.step if resumed_from else None, world_size)
+    return run
 
 
 def maybe_resume(cfg: TrainConfig, resume: bool | None, model_cfg: ModelConfig, tokenizer, trainer: Trainer,
@@ -192,13 +240,13 @@ def train(cfg: TrainConfig, resume: bool | None = None) -> Run:
         if not distributed.is_rank0():
             logging.getLogger("kiln").setLevel(logging.WARNING)
         run = build_run(cfg, resume)
+        if run.complete:
+            if distributed.is_rank0():
+                print(f"kiln train: run complete at step {run.trainer.state.step} ({run.resumed_from}); nothing to "
+                      f"do. Raise --trainer.steps (now {cfg.trainer.steps}) to train further.", flush=True)
+            return _finish(run, owns_group)
         if distributed.is_rank0():
-            where = f"resuming {run.resumed_from}" if run.resumed_from else "from scratch"
-            ranks = distributed.world_size()
-            n_params = sum(p.numel() for p in run.model.parameters())
-            print(f"kiln train: {run.model.cfg.n_layers}-layer model, {n_params:,} parameters, {cfg.trainer.steps} "
-                  f"steps of {cfg.tokens_per_step * ranks:,} tokens on {ranks} rank(s), run folder {run.run_dir} "
-                  f"({where}); MFU against {run.trainer.peak_source}", flush=True)
+            print_header(run)
         try:
             run.trainer.fit()
         except NonFiniteLoss as err:
@@ -207,6 +255,22 @@ def train(cfg: TrainConfig, resume: bool | None = None) -> Run:
             for callback in run.trainer.callbacks:
                 if isinstance(callback, cbs.WatchdogCallback):
                     callback.watchdog.stop()
+    return _finish(run, owns_group)
+
+
+def _finish(run: Run, owns_group: bool) -> Run:
     if owns_group:
         distributed.shutdown_distributed()
     return run
+
+
+def print_header(run: Run) -> None:
+    """What is about to run, where, and what changed since the run's last start."""
+    cfg, ranks = run.cfg, distributed.world_size()
+    where = f"resuming {run.resumed_from}" if run.resumed_from else "from scratch"
+    n_params = sum(p.numel() for p in run.model.parameters())
+    print(f"kiln train: {run.model.cfg.n_layers}-layer model, {n_params:,} parameters, {cfg.trainer.steps} "
+          f"steps of {cfg.tokens_per_step * ranks:,} tokens on {ranks} rank(s), run folder {run.run_dir} "
+          f"({where}); MFU against {run.trainer.peak_source}", flush=True)
+    for line in run.notes:
+        print(line, flush=True)
