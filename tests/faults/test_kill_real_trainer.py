@@ -6,6 +6,7 @@ one line for every step."""
 from __future__ import annotations
 
 import json
+import random
 import re
 import sys
 import time
@@ -27,9 +28,42 @@ def _config(dataset: Path, run_dir: Path):
                        eval={"every": 0, "samples": 0}, stability={"layer_stats_every": 5})
 
 
+def resume_point(run_dir: Path, started: float) -> int:
+    """The step a run started at `started` resumed from: its newest checkpoint older than the start."""
+    return max((int(p.name[4:]) for p in list_checkpoints(run_dir) if p.stat().st_mtime < started), default=0)
+
+
+def last_logged_step(run_dir: Path) -> int:
+    try:
+        return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    except (FileNotFoundError, IndexError, ValueError, KeyError):
+        return 0  # no line yet, or one being written
+
+
+class KillMoments:
+    """For each run, one of two kill moments drawn at random: inside a checkpoint write at least two checkpoints
+    past where it resumed, or once it has trained 1-12 steps past its resume point. Both are counted in steps, not
+    seconds, so a quiet machine (where a run is quick) gets as many kills as a loaded one."""
+
+    def __init__(self, run_dir: Path, seed: int) -> None:
+        self.run_dir, self.rng, self.started = run_dir, random.Random(seed), None
+        self.in_checkpoint_writes = 0
+
+    def __call__(self, started: float) -> bool:
+        if started != self.started:
+            self.started, self.base = started, resume_point(self.run_dir, started)
+            self.during_write, self.steps = self.rng.random() < 0.5, self.rng.randint(1, 12)
+        if self.during_write:
+            hit = writing_past_resume_point(self.run_dir, started)
+            self.in_checkpoint_writes += hit
+            return hit
+        return last_logged_step(self.run_dir) >= self.base + self.steps and \
+            (self.run_dir / "metrics.jsonl").stat().st_mtime >= started
+
+
 def writing_past_resume_point(run_dir: Path, started: float) -> bool:
     """A checkpoint write of this run is under way, at least two checkpoints past where it resumed."""
-    resumed = max((int(p.name[4:]) for p in list_checkpoints(run_dir) if p.stat().st_mtime < started), default=0)
+    resumed = resume_point(run_dir, started)
     for tmp in run_dir.glob(".tmp-step*"):
         try:
             if int(tmp.name[len(".tmp-step"):]) >= resumed + 2 * EVERY and tmp.stat().st_mtime >= started:
@@ -47,10 +81,10 @@ def test_random_kills_of_kiln_train_end_bitwise_identical(tiny_dataset, tmp_path
     recipe.write_text(yaml.safe_dump(_config(tiny_dataset, run_dir).to_dict()))
     log = tmp_path / "train.log"
     start = time.monotonic()
-    report = run_until_success([sys.executable, "-m", "kiln", "train", str(recipe)], min_delay_s=2.0,
-                               max_delay_s=6.0, max_kills=8, seed=3, log=log, timeout_s=400,
-                               kill_when=lambda started: writing_past_resume_point(run_dir, started))
-    assert len(report.kills) >= 4 and report.kills_during_trigger >= 1, report
+    moments = KillMoments(run_dir, seed=3)
+    report = run_until_success([sys.executable, "-m", "kiln", "train", str(recipe)], max_delay_s=400, max_kills=8,
+                               seed=3, log=log, timeout_s=400, kill_when=moments, when_fraction=1.0)
+    assert len(report.kills) >= 6 and moments.in_checkpoint_writes >= 2, (report, moments.in_checkpoint_writes)
     resumed = re.findall(r"resumed from \S+step(\d+) at step", log.read_text())
     assert resumed, "no run ever resumed"
     steps = {int(p.name[4:]) for p in list_checkpoints(run_dir)}
@@ -62,5 +96,5 @@ def test_random_kills_of_kiln_train_end_bitwise_identical(tiny_dataset, tmp_path
     assert logged == list(range(1, STEPS + 1)), "every step has exactly one metrics line after the kills"
     assert not list(run_dir.glob(".tmp-step*")) or all(
         not (p / "MANIFEST.json").exists() for p in run_dir.glob(".tmp-step*"))
-    print(f"{report.runs} runs, {len(report.kills)} kills ({report.kills_during_trigger} in checkpoint writes), "
+    print(f"{report.runs} runs, {len(report.kills)} kills ({moments.in_checkpoint_writes} in checkpoint writes), "
           f"resumed at steps {resumed}, {time.monotonic() - start:.0f}s")

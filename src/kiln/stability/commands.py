@@ -20,9 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     s = subparsers.add_parser(
         "sweep", help="train every combination of config values (x seeds) and tabulate stability",
-        description="Run `kiln train BASE --key=value ...` for each point of the grid, each in OUT/<name>, then write "
-        "OUT/summary.csv and OUT/summary.md. Other --section.key=value arguments apply to every variation. "
-        "Finished variations are skipped, so rerunning an interrupted sweep continues it.")
+        description="Run `kiln train BASE --key=value ...` for each point of the grid, each in OUT/<name> (e.g. "
+        "OUT/optim.lr-1e-3__seed-0, its output in train.log there), then write OUT/summary.csv and OUT/summary.md. "
+        "Other --section.key=value arguments apply to every variation. Finished variations are skipped, so rerunning "
+        "an interrupted sweep continues it.")
     s.add_argument("base", metavar="BASE.yaml", help="the recipe every variation starts from")
     s.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2",
                    help="a config key and its values, e.g. optim.lr=1e-3,3e-3; repeat for a product of several keys")
@@ -32,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="variations trained at once (default 1; on CPU also set --trainer.threads)")
     s.add_argument("--out", default=None, metavar="DIR", help="sweep folder (default sweeps/<BASE name>)")
     s.add_argument("--dry-run", action="store_true", help="check the configs and print the commands; run nothing")
+    s.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto",
+                   help="how running variations' steps show: a tqdm bar, plain lines every 30 s (for CI and pipes), "
+                   "or auto: a bar on a terminal (default)")
     s.set_defaults(func=run_sweep, accepts_overrides=True)
 
 
@@ -46,4 +50,5 @@ def run_report(args: argparse.Namespace) -> int:
 def run_sweep(args: argparse.Namespace) -> int:
     from kiln.stability.sweep import sweep
 
-    return sweep(args.base, args.grid, args.seeds, args.parallel, args.out, args.overrides, args.dry_run)
+    return sweep(args.base, args.grid, args.seeds, args.parallel, args.out, args.overrides, args.dry_run,
+                 args.progress)

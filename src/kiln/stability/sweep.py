@@ -2,18 +2,20 @@
 
 Each variation is a plain `kiln train` subprocess in its own run folder, so one crash cannot take the others down,
 a rerun skips the variations that finished, and an interrupted one resumes from its checkpoints like any run.
+While they run, the parent reads the last line of each child's metrics.jsonl to show how far it is.
 """
 
 from __future__ import annotations
 
 import csv
 import itertools
+import math
 import re
 import shlex
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,9 +24,12 @@ from typing import Any
 from kiln.config import parse_overrides
 from kiln.errors import KilnError
 from kiln.stability.runlog import METRICS_FILE, read_run, summarize
+from kiln.stability.sweep_progress import LOG_FILE, SweepProgress
 from kiln.train.config import load_config
 
-LOG_FILE = "train.log"
+PROGRESS_MODES = ("auto", "bar", "lines")
+# seconds between looks at the running children's metrics: a terminal bar is cheap to redraw, a log line is not
+BAR_EVERY_S, LINES_EVERY_S = 1.0, 30.0
 SEED_KEY, RUN_DIR_KEY = "trainer.seed", "trainer.run_dir"
 # (summary key from kiln.stability.runlog.summarize, column heading) after name, grid keys, seed and status
 RESULT_COLUMNS = [
@@ -45,9 +50,20 @@ class Variation:
         return [f"--{key}={value}" for key, value in self.values.items()] + [f"--{SEED_KEY}={self.seed}"]
 
 
+@dataclass(frozen=True)
+class Job:
+    """A variation to train: its `kiln train` command, its run folder and its step count (to show progress)."""
+
+    variation: Variation
+    command: list[str]
+    run_dir: Path
+    steps: int
+
+
 @dataclass
 class Outcome:
     variation: Variation
+    run_dir: Path
     status: str  # ok, done (finished by an earlier sweep, not rerun), failed
     exit_code: int | None = None
     seconds: float | None = None
@@ -88,9 +104,23 @@ def parse_grid(specs: list[str]) -> dict[str, list[str]]:
 
 
 def run_name(values: dict[str, str], seed: int) -> str:
-    """A folder name that reads as the variation: `optim.lr=1e-3__model.qk_norm=none__seed=0`."""
+    """A folder name that reads as the variation, `optim.lr-1e-3__model.qk_norm-none__seed-0`, with no character a
+    shell or a tool would trip on (`=`, `/`, spaces and the like become `_`)."""
+    parts = [f"{key}-{value}" for key, value in values.items()] + [f"seed-{seed}"]
+    return re.sub(r"[^A-Za-z0-9._+,-]", "_", "__".join(parts))
+
+
+def old_run_name(values: dict[str, str], seed: int) -> str:
+    """The folder name kiln gave a variation before names lost their `=`: `optim.lr=1e-3__seed=0`."""
     parts = [f"{key}={value}" for key, value in values.items()] + [f"seed={seed}"]
     return re.sub(r"[^A-Za-z0-9._=+,-]", "_", "__".join(parts))
+
+
+def run_folder(out: Path, variation: Variation) -> Path:
+    """OUT/<name>, or the folder an older kiln wrote for the variation when only that exists, so a sweep begun
+    before the rename still skips, resumes and summarises its runs where they are."""
+    new, old = out / variation.name, out / old_run_name(variation.values, variation.seed)
+    return old if old.is_dir() and not new.exists() else new
 
 
 def plan_sweep(grid: dict[str, list[str]], seeds: int, first_seed: int = 0) -> list[Variation]:
@@ -161,29 +191,32 @@ def _train(command: list[str], run_dir: Path) -> tuple[int, float]:
     return code, time.monotonic() - start
 
 
-def _last_log_line(run_dir: Path) -> str:
-    lines = [line for line in (run_dir / LOG_FILE).read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1][:200] if lines else ""
+def _run_job(index: int, job: Job, display: SweepProgress) -> Outcome:
+    display.started(index)
+    code, seconds = _train(job.command, job.run_dir)
+    outcome = Outcome(job.variation, job.run_dir, "ok" if code == 0 else "failed", code, seconds)
+    display.finished(index, outcome)
+    return outcome
 
 
-def run_variations(jobs: list[tuple[Variation, list[str], Path]], parallel: int = 1) -> list[Outcome]:
-    """Run the (variation, command, run folder) jobs, `parallel` at a time; a failure does not stop the rest."""
-    counter = itertools.count(1)
+def run_variations(jobs: list[Job], parallel: int = 1, progress: str = "auto",
+                   every: float | None = None) -> list[Outcome]:
+    """Run the jobs, `parallel` at a time, showing progress every `every` seconds; a failure does not stop the rest.
 
-    def one(job: tuple[Variation, list[str], Path]) -> Outcome:
-        variation, command, run_dir = job
-        code, seconds = _train(command, run_dir)
-        finished = next(counter)
-        outcome = Outcome(variation, "ok" if code == 0 else "failed", code, seconds)
-        if code == 0:
-            print(f"[{finished}/{len(jobs)}] {variation.name}: ok in {seconds:.0f} s", flush=True)
-        else:
-            print(f"[{finished}/{len(jobs)}] {variation.name}: failed with exit code {code} "
-                  f"({_last_log_line(run_dir)}); see {run_dir / LOG_FILE}", flush=True)
-        return outcome
-
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        return list(pool.map(one, jobs))
+    `progress` is bar (tqdm), lines (plain lines, for CI and pipes) or auto (bar when stderr is a terminal).
+    """
+    if progress not in PROGRESS_MODES:
+        raise KilnError(f"--progress must be one of {', '.join(PROGRESS_MODES)}, got {progress!r}")
+    bar = progress == "bar" or (progress == "auto" and sys.stderr.isatty())
+    display = SweepProgress(jobs, bar, every or (BAR_EVERY_S if bar else LINES_EVERY_S))
+    try:
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            futures = [pool.submit(_run_job, index, job, display) for index, job in enumerate(jobs)]
+            while wait(futures, timeout=display.every).not_done:
+                display.poll()
+    finally:
+        display.close()
+    return [future.result() for future in futures]
 
 
 def _metrics_summary(run_dir: Path) -> dict[str, Any]:
@@ -194,24 +227,35 @@ def _metrics_summary(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def summary_rows(outcomes: list[Outcome], grid_keys: list[str], out: Path) -> list[dict[str, Any]]:
-    """One row per variation: its grid values, seed, status and what its metrics.jsonl says (None if absent)."""
+def summary_rows(outcomes: list[Outcome], grid_keys: list[str]) -> list[dict[str, Any]]:
+    """One row per variation: its folder's name, grid values, seed, status and what its metrics.jsonl says (None
+    if absent)."""
     rows = []
     for outcome in outcomes:
         variation = outcome.variation
-        run_dir = out / variation.name
-        summary = _metrics_summary(run_dir)
-        rows.append({"name": variation.name, **{k: variation.values[k] for k in grid_keys}, "seed": variation.seed,
-                     "status": outcome.status, "exit_code": outcome.exit_code,
+        summary = _metrics_summary(outcome.run_dir)
+        rows.append({"name": outcome.run_dir.name, **{k: variation.values[k] for k in grid_keys},
+                     "seed": variation.seed, "status": outcome.status, "exit_code": outcome.exit_code,
                      **{heading: summary.get(key) for key, heading in RESULT_COLUMNS}})
     return rows
 
 
-def _markdown_cell(value: Any) -> str:
+def float_formats(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Per column, the fewest significant digits, 6 or more, that print its distinct finite floats distinctly, so
+    runs that differ only in the 6th digit (7.000086 against 7.000012) never look alike in summary.md."""
+    formats = {}
+    for column in rows[0]:
+        values = {row[column] for row in rows if isinstance(row[column], float) and math.isfinite(row[column])}
+        digits = next(d for d in range(6, 18) if len({f"{v:.{d}g}" for v in values}) == len(values))
+        formats[column] = f".{digits}g"
+    return formats
+
+
+def _markdown_cell(value: Any, float_format: str) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return format(value, float_format)
     return str(value).replace("|", "\\|")
 
 
@@ -223,14 +267,22 @@ def write_summary(rows: list[dict[str, Any]], out: Path) -> tuple[Path, Path]:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    formats = float_formats(rows)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_markdown_cell(row[c]) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(_markdown_cell(row[c], formats[c]) for c in columns) + " |" for row in rows]
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
 
 
+def _note_old_folders(folders: dict[str, Path], out: Path) -> None:
+    old = [folder.name for name, folder in folders.items() if folder.name != name]
+    if old:
+        print(f"kiln sweep: {len(old)} variations keep the folders an older kiln named for them in {out} "
+              f"(e.g. {old[0]}); new folders are named like {next(iter(folders))}", flush=True)
+
+
 def sweep(base: str | Path, grid_specs: list[str], seeds: int = 1, parallel: int = 1, out: str | Path | None = None,
-          extra: list[str] | None = None, dry_run: bool = False) -> int:
+          extra: list[str] | None = None, dry_run: bool = False, progress: str = "auto") -> int:
     """Plan, validate, run what is not finished, summarise. Exit code 1 when any variation failed."""
     if parallel < 1:
         raise KilnError(f"--parallel must be 1 or more, got {parallel}")
@@ -241,22 +293,25 @@ def sweep(base: str | Path, grid_specs: list[str], seeds: int = 1, parallel: int
     variations = plan_sweep(grid, seeds, first_seed)
     steps = validate(base, variations, extra)
     out = Path(out) if out is not None else Path("sweeps") / Path(base).stem
-    done = {v.name for v in variations if is_finished(out / v.name, steps[v.name])}
-    jobs = [(v, train_command(base, v, extra, out / v.name), out / v.name) for v in variations if v.name not in done]
+    folders = {v.name: run_folder(out, v) for v in variations}
+    done = {v.name for v in variations if is_finished(folders[v.name], steps[v.name])}
+    jobs = [Job(v, train_command(base, v, extra, folders[v.name]), folders[v.name], steps[v.name])
+            for v in variations if v.name not in done]
     print(f"kiln sweep: {len(variations)} variations in {out} ({len(done)} already finished), "
           f"{min(parallel, max(len(jobs), 1))} at a time", flush=True)
+    _note_old_folders(folders, out)
     if dry_run:
         for variation in variations:
             note = "  # finished, skipped" if variation.name in done else ""
-            print(shlex.join(train_command(base, variation, extra, out / variation.name)) + note)
+            print(shlex.join(train_command(base, variation, extra, folders[variation.name])) + note)
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    ran = {o.variation.name: o for o in run_variations(jobs, parallel)}
-    outcomes = [ran.get(v.name) or Outcome(v, "done") for v in variations]
-    csv_path, md_path = write_summary(summary_rows(outcomes, list(grid), out), out)
+    ran = {o.variation.name: o for o in run_variations(jobs, parallel, progress)}
+    outcomes = [ran.get(v.name) or Outcome(v, folders[v.name], "done") for v in variations]
+    csv_path, md_path = write_summary(summary_rows(outcomes, list(grid)), out)
     print(md_path.read_text(), end="")
     print(f"wrote {csv_path} and {md_path}")
-    failed = [o.variation.name for o in outcomes if o.status == "failed"]
+    failed = [o.run_dir.name for o in outcomes if o.status == "failed"]
     if failed:
         print(f"{len(failed)} of {len(variations)} variations failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
