@@ -220,7 +220,7 @@ def test_a_real_sweep_of_two_tiny_runs(tiny_dataset, tmp_path, capsys):
         "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64},
         "data": {"paths": [str(tiny_dataset)], "seq_len": 32, "val_fraction": 0.1},
         "schedule": {"warmup": 1},
-        "trainer": {"steps": 3, "micro_batch_size": 2, "threads": 1, "peak_flops": 1e9},
+        "trainer": {"steps": 3, "micro_batch_size": 2, "threads": 1, "peak_flops": 1e13},
         "checkpoint": {"every": 0, "save_final": False},
         "eval": {"every": 3, "max_batches": 1, "samples": 0},
         "logging": {"progress": "lines"},

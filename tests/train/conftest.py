@@ -18,7 +18,7 @@ def tiny_config(dataset: Path, run_dir: Path, **sections) -> TrainConfig:
         "data": {"paths": [str(dataset)], "seq_len": 32, "val_fraction": 0.1},
         "optim": {"lr": 1e-2},
         "schedule": {"warmup": 2},
-        "trainer": {"run_dir": str(run_dir), "steps": 6, "micro_batch_size": 4, "threads": 1, "peak_flops": 1e9},
+        "trainer": {"run_dir": str(run_dir), "steps": 6, "micro_batch_size": 4, "threads": 1, "peak_flops": 1e13},
         "checkpoint": {"every": 3, "keep_last": 5},
         "eval": {"every": 3, "max_batches": 2, "samples": 1, "sample_tokens": 4, "prompts": ["The king"]},
         "logging": {"progress": "lines"},

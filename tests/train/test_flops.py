@@ -1,15 +1,19 @@
-"""The peak FLOP/s behind MFU: the run's precision picks the data-sheet figure, and an unknown GPU gets none."""
+"""The peak FLOP/s behind MFU: the run's precision picks the data-sheet figure, an unknown GPU gets none, and a CPU's
+measured peak is cached per machine, dtype, torch version and thread count."""
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
 
-from kiln.train.flops import PeakFlops, gpu_peak_flops, peak_flops
+from kiln.train.flops import PeakFlops, cpu_model_name, gpu_peak_flops, peak_flops, remeasure_cpu_peak
 
-CUDA = torch.device("cuda", 0)
+CUDA, CPU = torch.device("cuda", 0), torch.device("cpu")
 H100_SXM, H100_PCIE = "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe"
 
 
@@ -83,12 +87,95 @@ def test_configured_peak_wins_over_the_data_sheet_and_the_measurement(gpu_named,
     gpu_named(H100_SXM)
     assert peak_flops(CUDA, "bf16", 1.5e14) == PeakFlops(1.5e14, "configured trainer.peak_flops")
     monkeypatch.setattr("kiln.train.flops.measure_cpu_flops", lambda dtype: pytest.fail("measured despite override"))
-    assert peak_flops(torch.device("cpu"), "fp32", 2e9) == PeakFlops(2e9, "configured trainer.peak_flops")
+    assert peak_flops(CPU, "fp32", 2e9) == PeakFlops(2e9, "configured trainer.peak_flops")
 
 
-def test_cpu_peak_is_a_measured_matmul_rate_in_the_runs_dtype(monkeypatch):
-    dtypes = []
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """A fresh kiln cache folder; the CPU peak cache file inside it."""
+    monkeypatch.setenv("KILN_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "cpu_peak_flops.json"
+
+
+@pytest.fixture
+def measured(monkeypatch) -> list[torch.dtype]:
+    """Replace the timed matmul with 210 GFLOP/s; the list records each measurement's dtype."""
+    dtypes: list[torch.dtype] = []
     monkeypatch.setattr("kiln.train.flops.measure_cpu_flops", lambda dtype: dtypes.append(dtype) or 2.1e11)
-    assert peak_flops(torch.device("cpu"), "fp32") == PeakFlops(2.1e11, "measured CPU fp32 matmul rate 210 GFLOP/s")
-    assert peak_flops(torch.device("cpu"), "bf16").value == 2.1e11
-    assert dtypes == [torch.float32, torch.bfloat16]
+    return dtypes
+
+
+@pytest.fixture
+def threads():
+    """Set torch's intra-op thread count for one test, restoring it after."""
+    saved = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(saved)
+
+
+def test_cpu_peak_is_a_measured_matmul_rate_in_the_runs_dtype(cache, measured):
+    peak = peak_flops(CPU, "fp32")
+    assert peak.value == 2.1e11
+    assert peak.source.startswith(f"measured CPU fp32 matmul peak 210 GFLOP/s ({cpu_model_name()}, ")
+    assert f"cached in {cache})" in peak.source
+    assert peak_flops(CPU, "bf16").value == 2.1e11
+    assert measured == [torch.float32, torch.bfloat16]
+
+
+def test_the_cpu_peak_is_measured_once_then_read_from_the_cache(cache, measured, threads):
+    threads(2)
+    first = peak_flops(CPU, "fp32")
+    second = peak_flops(CPU, "fp32")
+    assert len(measured) == 1
+    assert second.value == first.value == 2.1e11
+    today = datetime.date.today().isoformat()
+    assert second.source == (f"cached CPU fp32 matmul peak 210 GFLOP/s ({cpu_model_name()}, 2 threads; "
+                             f"measured {today}; cached in {cache})")
+    [(key, entry)] = json.loads(cache.read_text()).items()
+    assert key == f"{cpu_model_name()} | fp32 | torch {torch.__version__} | 2 threads"
+    assert entry == {"flops": 2.1e11, "measured": today}
+
+
+def test_another_thread_count_or_dtype_measures_again(cache, measured, threads):
+    threads(1)
+    peak_flops(CPU, "fp32")
+    threads(2)
+    peak_flops(CPU, "fp32")
+    peak_flops(CPU, "bf16")
+    threads(1)
+    assert "1 thread;" in peak_flops(CPU, "fp32").source
+    assert measured == [torch.float32, torch.float32, torch.bfloat16]  # the last call was cached
+    assert len(json.loads(cache.read_text())) == 3
+
+
+@pytest.mark.parametrize("contents", ["{not json", "[1, 2]", '{"%s": {"flops": "fast"}}', "\xff\xfe"])
+def test_a_corrupt_cache_is_measured_again_and_rewritten(cache, measured, contents):
+    cache.parent.mkdir(parents=True)
+    key = f"{cpu_model_name()} | fp32 | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    cache.write_bytes(contents.replace("%s", key).encode("latin-1"))
+    assert peak_flops(CPU, "fp32").source.startswith("measured CPU fp32")
+    assert measured == [torch.float32]
+    assert json.loads(cache.read_text())[key]["flops"] == 2.1e11
+    assert peak_flops(CPU, "fp32").source.startswith("cached CPU fp32")
+
+
+def test_an_unwritable_cache_still_gives_the_measured_peak(tmp_path, monkeypatch, measured, caplog):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("KILN_CACHE", str(tmp_path / "file"))  # a file where the folder should be
+    with caplog.at_level(logging.WARNING, logger="kiln.train"):
+        assert peak_flops(CPU, "fp32").value == 2.1e11
+    assert "could not cache the CPU peak" in caplog.text
+
+
+@pytest.mark.parametrize(("previous", "cached", "new", "kept"), [
+    (1e11, 1e11, 3e11, 3e11),  # the new measurement is higher: it replaces the old
+    (1e11, 1e11, 5e10, 1e11),  # a busier machine now: the old figure stays
+    (2e11, 1e11, 5e10, 2e11),  # the run's peak is higher than the cache's
+])
+def test_remeasuring_keeps_the_highest_figure(cache, monkeypatch, previous, cached, new, kept):
+    monkeypatch.setattr("kiln.train.flops.measure_cpu_flops", lambda dtype: cached)
+    peak_flops(CPU, "fp32")
+    monkeypatch.setattr("kiln.train.flops.measure_cpu_flops", lambda dtype: new)
+    peak = remeasure_cpu_peak("fp32", previous)
+    assert peak.value == kept and peak.source.startswith("re-measured CPU fp32 matmul peak")
+    assert peak_flops(CPU, "fp32").value == kept  # and the cache holds it

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from kiln.train.config import TrainConfig
 from kiln.train.run import build_run
+from kiln.train.trainer import Trainer
 
 
 def _peak_memory_gb(device: torch.device) -> float:
@@ -76,11 +77,12 @@ def bench(cfg: TrainConfig, steps: int = 20, warmup: int = 5, compare_bare: bool
     return report(cfg, trainer, times, device)
 
 
-def report(cfg: TrainConfig, trainer, times: dict[str, list[float]], device: torch.device) -> dict[str, float]:
+def report(cfg: TrainConfig, trainer: Trainer, times: dict[str, list[float]], device: torch.device) -> dict[str, float]:
     tokens = cfg.tokens_per_step
     result = {"tokens_per_s": tokens / statistics.median(times["full"]), "peak_memory_gb": _peak_memory_gb(device)}
-    if trainer.peak_flops:
-        result["mfu"] = trainer.flops_per_token * result["tokens_per_s"] / trainer.peak_flops
+    mfu = trainer.mfu(result["tokens_per_s"])  # clamped to 100%, as in training
+    if mfu is not None:
+        result["mfu"] = mfu
     print(f"kiln bench: {len(times['full'])} timed steps of {tokens:,} tokens on {device}, {cfg.trainer.precision}")
     print(f"  trainer: {result['tokens_per_s']:,.0f} tokens/s (median)"
           + (f", MFU {result['mfu']:.1%}" if "mfu" in result else ""))

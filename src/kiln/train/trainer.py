@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -17,6 +18,9 @@ from kiln.distributed import clip_grad_norm, grad_sync, sum_across_ranks
 from kiln.errors import KilnError
 from kiln.optim.schedule import lr_multiplier
 from kiln.train.config import TrainConfig
+from kiln.train.flops import format_flops, remeasure_cpu_peak
+
+log = logging.getLogger("kiln.train")
 
 
 class Callback:
@@ -102,6 +106,7 @@ class Trainer:
         self.device, self.callbacks, self.world_size = device, callbacks, world_size
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self.peak_source = "configured peak" if peak_flops else "no peak (MFU off)"  # words for the run header
+        self._peak_rechecked = False  # MFU above 100% has been looked into
         self.state = TrainState()
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.last_batches: list = []  # the current step's micro-batches, for spike forensics
@@ -201,6 +206,33 @@ class Trainer:
     def throughput(self, step_time: float) -> dict[str, float]:
         tokens_per_s = self.cfg.tokens_per_step / step_time  # per device
         out = {"tokens_per_s": tokens_per_s * self.world_size}
-        if self.peak_flops:
-            out["mfu"] = self.flops_per_token * tokens_per_s / self.peak_flops
+        mfu = self.mfu(tokens_per_s)
+        if mfu is not None:
+            out["mfu"] = mfu
         return out
+
+    def mfu(self, tokens_per_s: float) -> float | None:
+        """Achieved over peak FLOP/s of one device, at most 1: a peak that training beats is wrong, not the MFU."""
+        if not self.peak_flops:
+            return None
+        achieved = self.flops_per_token * tokens_per_s
+        if achieved > self.peak_flops and not self._peak_rechecked:
+            self._peak_rechecked = True
+            self._recheck_peak(achieved)
+        return min(achieved / self.peak_flops, 1.0)
+
+    def _recheck_peak(self, achieved: float) -> None:
+        """Once per run: re-measure a CPU peak (taken on a busy machine); a configured or data-sheet one only warns."""
+        before = self.peak_flops
+        if self.cfg.trainer.peak_flops or self.device.type != "cpu":
+            configured = bool(self.cfg.trainer.peak_flops)
+            what = "configured trainer.peak_flops" if configured else self.peak_source
+            log.warning("MFU clamped to 100%%: training achieves %s per device, above the peak of %s (%s), which is "
+                        "too low%s", format_flops(achieved), format_flops(before), what,
+                        "; raise --trainer.peak_flops" if configured else "")
+            return
+        peak = remeasure_cpu_peak(self.cfg.trainer.precision, before)
+        self.peak_flops, self.peak_source = peak.value, peak.source
+        bound = "" if achieved <= peak.value else "; still below training, so it is a lower bound and MFU is clamped"
+        log.warning("training achieves %s per device, above the CPU peak of %s: re-measured the peak: %s%s",
+                    format_flops(achieved), format_flops(before), format_flops(peak.value), bound)
