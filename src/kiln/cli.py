@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 
+from kiln.config import split_overrides
 from kiln.errors import KilnError
 
 # Each module defines `register(subparsers)`, adding its commands with `set_defaults(func=...)`;
@@ -36,10 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         parser.print_help()
         return 0
-    args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "accepts_overrides", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.overrides = extra
+    rest, overrides = split_overrides(argv)
+    args, extra = parser.parse_known_args(rest)
+    if (overrides or extra) and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(overrides + extra)}")
+    args.overrides = overrides + extra
     try:
         return int(args.func(args) or 0)
     except KilnError as err:

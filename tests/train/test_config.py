@@ -1,3 +1,4 @@
+import logging
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ def test_defaults_are_the_tiny_recipe():
 
 def test_dotted_overrides_both_spellings_and_types():
     cfg = load_config(None, ["--optim.lr=1e-3", "--trainer.steps", "7", "--optim.betas=[0.8, 0.9]",
-                             "--model.d_model=128", "--data.weights=[0.7, 0.3]"])
+                             "--model.d_model=128", "--data.paths=[a, b]", "--data.weights=[0.7, 0.3]"])
     assert cfg.optim.lr == pytest.approx(1e-3) and isinstance(cfg.optim.lr, float)
     assert cfg.trainer.steps == 7
     assert cfg.optim.betas == (0.8, 0.9)
@@ -86,6 +87,48 @@ def test_override_parsing_errors():
         parse_overrides(["optim.lr=1"])
     with pytest.raises(ConfigKeyError, match="no value"):
         parse_overrides(["--optim.lr"])
+    with pytest.raises(ConfigKeyError, match="--optim.lr has no value"):
+        parse_overrides(["--optim.lr", "--trainer.steps=5"])  # the next flag is not the LR
+    with pytest.raises(ConfigKeyError, match="did you mean --trainer.steps=10"):
+        parse_overrides(["trainer.steps=10"])
+    assert parse_overrides(["--optim.lr", "-1", "--eval.prompts", "[a b]"]) == {"optim": {"lr": -1},
+                                                                               "eval": {"prompts": ["a b"]}}
+
+
+def test_values_are_validated_from_recipes_and_dicts_too(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("optim:\n  lr: -3.0e-4\n")
+    with pytest.raises(ConfigKeyError, match=r"optim\.lr=-0\.0003: must be greater than 0"):
+        load_config(recipe)
+    with pytest.raises(ConfigKeyError, match=r"data\.seq_len=512: must be at most model\.max_seq_len=256"):
+        load_config(None, {"model": {"max_seq_len": 256}, "data": {"seq_len": 512}})
+    assert load_config(None, {"model": {"max_seq_len": 256}, "data": {"seq_len": 256}}).data.seq_len == 256
+
+
+def _warnings(caplog, overrides: list[str]) -> list[str]:
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kiln.train"):
+        load_config(None, overrides)
+    return [record.getMessage() for record in caplog.records]
+
+
+def test_a_run_that_ends_inside_its_warmup_is_warned_about_loudly(caplog, monkeypatch):
+    """An LR sweep of 20-step runs with warmup 30 would compare runs that never left warmup."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    (message,) = _warnings(caplog, ["--trainer.steps=20"])
+    assert message.startswith("warning: schedule.warmup=30 steps") and "trainer.steps=20" in message
+    assert len(_warnings(caplog, ["--trainer.steps=30"])) == 1
+    assert _warnings(caplog, ["--trainer.steps=31"]) == []
+    assert _warnings(caplog, ["--trainer.steps=5", "--schedule.warmup=0"]) == []
+
+
+def test_warmup_in_tokens_counts_the_tokens_of_every_rank(caplog, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    run = ["--schedule.units=tokens", "--trainer.steps=2", "--trainer.micro_batch_size=1", "--data.seq_len=8"]
+    assert _warnings(caplog, [*run, "--schedule.warmup=15"]) == []  # 2 steps x 8 tokens = 16
+    assert "the run's 16 tokens" in _warnings(caplog, [*run, "--schedule.warmup=16"])[0]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _warnings(caplog, [*run, "--schedule.warmup=16"]) == []
 
 
 def test_numbers_yaml_reads_as_text_are_numbers_in_recipes_and_overrides(tmp_path):

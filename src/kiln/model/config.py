@@ -38,26 +38,26 @@ class ConfigError(KilnError, ValueError):
 class ModelConfig:
     """One decoder-only transformer. Defaults are OLMo 2's choices (OLMo 2 tech report, Table 1)."""
 
-    vocab_size: int = 100278
-    d_model: int = 256
-    n_layers: int = 4
-    n_heads: int = 4
-    n_kv_heads: int | None = None
-    d_ff: int = 1024
-    max_seq_len: int = 4096
-    norm: NormKind = "rmsnorm"
-    norm_eps: float = 1e-6
-    norm_affine: bool = True
-    norm_bias: bool = False
-    block: BlockLayout = "reordered"
-    qk_norm: QKNorm = "full"
-    clip_qkv: float | None = None
-    rope_theta: float = 500_000.0
-    mlp: MLPKind = "swiglu"
-    bias: bool = False
-    tie_embeddings: bool = False
-    init: InitScheme = "normal"
-    init_std: float = 0.02
+    vocab_size: int = 100278  # token ids the embedding covers (rows padded up to a multiple of 128)
+    d_model: int = 256  # width of the residual stream
+    n_layers: int = 4  # transformer blocks
+    n_heads: int = 4  # query heads; d_model / n_heads is the (even) head dimension
+    n_kv_heads: int | None = None  # key/value heads, fewer for grouped-query attention; null = n_heads
+    d_ff: int = 1024  # hidden width of the MLP
+    max_seq_len: int = 4096  # longest context: data.seq_len, and a prompt plus generated tokens, must fit
+    norm: NormKind = "rmsnorm"  # rmsnorm (OLMo 2, Llama) or layernorm (OLMo 1)
+    norm_eps: float = 1e-6  # added to the variance in every norm
+    norm_affine: bool = True  # learnable norm weights (OLMo 1: none)
+    norm_bias: bool = False  # a learnable bias in LayerNorm (with norm_affine)
+    block: BlockLayout = "reordered"  # reordered: norm each sub-layer's output (OLMo 2); prenorm: its input
+    qk_norm: QKNorm = "full"  # normalise queries and keys over all heads (OLMo 2), per head, or none
+    clip_qkv: float | None = None  # clamp the q/k/v projections to [-c, c] (OLMo 1: 8); null = off
+    rope_theta: float = 500_000.0  # RoPE base: larger = slower-rotating positions, for long contexts
+    mlp: MLPKind = "swiglu"  # gated SwiGLU (OLMo 2, Llama), or a plain gelu or relu MLP
+    bias: bool = False  # biases in the attention and MLP projections
+    tie_embeddings: bool = False  # the output head shares the embedding matrix
+    init: InitScheme = "normal"  # weight initialisation (the table in kiln.model.init)
+    init_std: float = 0.02  # std of the normal init
 
     def __post_init__(self) -> None:
         self.validate()

@@ -12,17 +12,24 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kiln.config import require, require_non_negative, require_positive
+
 
 @dataclass
 class OptimConfig:
-    lr: float = 3e-3
-    betas: tuple[float, float] = (0.9, 0.95)  # OLMo 2
-    eps: float = 1e-8  # OLMo 2
-    weight_decay: float = 0.1
+    lr: float = 3e-3  # peak learning rate; the schedule scales it
+    betas: tuple[float, float] = (0.9, 0.95)  # Adam's moment decay rates, each in [0, 1) (OLMo 2)
+    eps: float = 1e-8  # added to Adam's denominator (OLMo 2)
+    weight_decay: float = 0.1  # decoupled (AdamW) decay of the parameters chosen below
     decay_embeddings: bool = False  # OLMo 2: no weight decay on embeddings
     decay_norms: bool = True  # OLMo 2 (decay_norm_and_bias: true)
     decay_biases: bool = True  # OLMo 2 (decay_norm_and_bias: true)
-    grad_clip: float | None = 1.0
+    grad_clip: float | None = 1.0  # clip the global gradient norm to this; null = no clipping
+
+    def validate(self) -> None:
+        require_positive(self, "optim", "lr", "eps", "grad_clip")
+        require_non_negative(self, "optim", "weight_decay")
+        require(all(0 <= beta < 1 for beta in self.betas), "optim.betas", list(self.betas), "two numbers in [0, 1)")
 
 
 def _is_norm(module: nn.Module) -> bool:

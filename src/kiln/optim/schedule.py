@@ -9,14 +9,21 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from kiln.config import require, require_non_negative
+
 
 @dataclass
 class ScheduleConfig:
-    name: Literal["cosine", "linear", "wsd", "constant"] = "cosine"
-    units: Literal["steps", "tokens"] = "steps"
-    warmup: int = 30  # in `units`
+    name: Literal["cosine", "linear", "wsd", "constant"] = "cosine"  # the shape after warmup
+    units: Literal["steps", "tokens"] = "steps"  # what warmup counts (tokens: over all ranks)
+    warmup: int = 30  # linear warmup from 0 to the peak, in `units`; 0 = none
     min_lr_ratio: float = 0.1  # floor of cosine/linear/WSD as a fraction of the peak
     decay_fraction: float = 0.2  # WSD: share of the run spent decaying
+
+    def validate(self) -> None:
+        require_non_negative(self, "schedule", "warmup")
+        for name in ("min_lr_ratio", "decay_fraction"):
+            require(0 <= getattr(self, name) <= 1, f"schedule.{name}", getattr(self, name), "in [0, 1]")
 
 
 def lr_multiplier(cfg: ScheduleConfig, progress: int, total: int) -> float:

@@ -5,26 +5,44 @@ The defaults are the main job: a tiny OLMo 2 model on the built-in corpus, about
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from kiln.config import ConfigKeyError, from_dict, load_yaml, merge, parse_overrides, to_dict
-from kiln.model.config import ModelConfig
+from kiln.config import (
+    ConfigKeyError,
+    commented_section,
+    documented_rows,
+    field_docs,
+    from_dict,
+    load_yaml,
+    merge,
+    parse_overrides,
+    require,
+    require_non_negative,
+    require_positive,
+    to_dict,
+)
+from kiln.model.config import VOCAB_MULTIPLE, ModelConfig
 from kiln.model.presets import PRESETS, preset
 from kiln.optim.adamw import OptimConfig
 from kiln.optim.schedule import ScheduleConfig
 from kiln.stability.config import StabilityConfig
+
+log = logging.getLogger("kiln.train")
 
 
 @dataclass
 class ModelSection:
     """A preset plus field overrides; `vocab_size` defaults to the data's tokenizer."""
 
-    preset: str = "olmo2-tiny"
-    overrides: dict[str, Any] = field(default_factory=dict)
+    preset: str = "olmo2-tiny"  # named architecture (kiln.model.presets); any model field below overrides it
+    overrides: dict[str, Any] = field(default_factory=dict)  # model fields set on top of the preset
 
     def build(self, vocab_size: int) -> ModelConfig:
         return preset(self.preset, **{"vocab_size": vocab_size, **self.overrides})
@@ -33,60 +51,87 @@ class ModelSection:
 @dataclass
 class DataConfig:
     paths: list[str] = field(default_factory=list)  # prepared dataset folders; empty = the built-in corpus
-    weights: list[float] | None = None  # mixture weights, one per path
-    seq_len: int = 256
-    val_fraction: float = 0.05
+    weights: list[float] | None = None  # mixture weights, one per path; null = in proportion to their sizes
+    seq_len: int = 256  # tokens per training instance; at most model.max_seq_len
+    val_fraction: float = 0.05  # share held out for validation, in [0, 1); 0 = no validation
     repeat_filter: bool = True  # OLMo 2's repeated n-gram filter
-    intra_doc_masking: bool = False
+    intra_doc_masking: bool = False  # attend only within each document of a packed instance
+
+    def validate(self) -> None:
+        require_positive(self, "data", "seq_len")
+        require(0 <= self.val_fraction < 1, "data.val_fraction", self.val_fraction, "in [0, 1)")
+        if self.weights is None:
+            return
+        if len(self.weights) != len(self.paths):
+            raise ConfigKeyError(f"data.weights={self.weights!r} does not match data.paths ({len(self.paths)} paths): "
+                                 "give one weight per path, or null for weights by size")
+        require(all(w >= 0 for w in self.weights) and sum(self.weights) > 0, "data.weights", self.weights,
+                "non-negative and not all 0")
 
 
 @dataclass
 class TrainerConfig:
-    run_dir: str = "runs/main"
-    steps: int = 240
-    micro_batch_size: int = 16
-    grad_accum: int = 1
-    seed: int = 0
+    run_dir: str = "runs/main"  # checkpoints, logs and metrics; a folder holding checkpoints is resumed
+    steps: int = 240  # optimizer steps in the whole run
+    micro_batch_size: int = 16  # instances per forward/backward on each rank
+    grad_accum: int = 1  # micro-batches accumulated per optimizer step
+    seed: int = 0  # initial weights, data order and samples
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
-    precision: Literal["fp32", "bf16"] = "fp32"
-    z_loss: float = 1e-5  # OLMo 2, Chameleon
-    compile: bool = False
-    activation_checkpointing: bool = False
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = bf16 autocast (FSDP: bf16 compute), fp32 weights
+    z_loss: float = 1e-5  # weight of the squared log-partition loss that keeps logits small (OLMo 2, Chameleon)
+    compile: bool = False  # torch.compile the model (each block under FSDP)
+    activation_checkpointing: bool = False  # recompute activations in backward, trading compute for memory
     peak_flops: float | None = None  # per device, for MFU; measured on CPU when unset
-    log_every: int = 10
+    log_every: int = 10  # steps between progress lines when there is no live bar
     threads: int | None = None  # torch intra-op threads on CPU; default all cores
+
+    def validate(self) -> None:
+        require_positive(self, "trainer", "steps", "micro_batch_size", "grad_accum", "log_every", "peak_flops",
+                         "threads")
+        require_non_negative(self, "trainer", "z_loss")
 
 
 @dataclass
 class CheckpointConfig:
-    every: int = 120
-    keep_last: int = 2
-    save_final: bool = True
+    every: int = 120  # steps between checkpoints; 0 = none before the end (see save_final)
+    keep_last: int = 2  # checkpoints kept, oldest deleted first; 0 = keep all
+    save_final: bool = True  # save a checkpoint at the last step
     async_save: bool = False  # write the model/optimizer state in the background while training continues
     verify_hashes: bool = False  # on resume, check SHA-256 of every file (sizes are always checked)
     allow_fresh: bool = False  # start over when checkpoints exist but none verifies (default: stop with an error)
 
+    def validate(self) -> None:
+        require_non_negative(self, "checkpoint", "every", "keep_last")
+
 
 @dataclass
 class WatchdogConfig:
-    enabled: bool = True
+    enabled: bool = True  # watch each step's duration in a background thread
     slow_factor: float = 5.0  # warn, with every thread's stack, when a step takes this x the median step
     hard_timeout_s: float = 1800.0  # abort (exit code 75) when one step runs this long, for the supervisor
+
+    def validate(self) -> None:
+        require(self.slow_factor > 1, "watchdog.slow_factor", self.slow_factor, "greater than 1")
+        require_positive(self, "watchdog", "hard_timeout_s")
 
 
 @dataclass
 class EvalConfig:
-    every: int = 80
-    max_batches: int = 10
-    samples: int = 2
-    sample_tokens: int = 48
+    every: int = 80  # steps between validation passes (and one at the end); 0 = only at the end
+    max_batches: int = 10  # validation micro-batches per pass
+    samples: int = 2  # generated continuations at the end of training; 0 = none
+    sample_tokens: int = 48  # new tokens per generated continuation
     prompts: list[str] | None = None  # default: the built-in corpus's two, or the opening words of held-out documents
+
+    def validate(self) -> None:
+        require_positive(self, "eval", "max_batches")
+        require_non_negative(self, "eval", "every", "samples", "sample_tokens")
 
 
 @dataclass
 class LoggingConfig:
-    tensorboard: bool = False
-    progress: Literal["auto", "bar", "lines"] = "auto"
+    tensorboard: bool = False  # also write TensorBoard event files in the run folder
+    progress: Literal["auto", "bar", "lines"] = "auto"  # live bar, plain lines, or auto: a bar on a terminal
 
 
 @dataclass
@@ -97,25 +142,28 @@ class DistributedConfig:
     (default: the ranks of one node) and shards within each group.
     """
 
-    strategy: Literal["auto", "none", "ddp", "fsdp", "hsdp"] = "auto"
+    strategy: Literal["auto", "none", "ddp", "fsdp", "hsdp"] = "auto"  # auto: none on one process, fsdp on several
     shard_size: int | None = None  # HSDP ranks per shard group; default LOCAL_WORLD_SIZE (one node)
     reshard_after_forward: bool = True  # FSDP: free gathered weights after forward (ZeRO-3), else keep (ZeRO-2)
     timeout_s: float = 600.0  # a collective waiting longer than this fails instead of hanging
 
+    def validate(self) -> None:
+        require_positive(self, "distributed", "shard_size", "timeout_s")
+
 
 @dataclass
 class TrainConfig:
-    model: ModelSection = field(default_factory=ModelSection)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    distributed: DistributedConfig = field(default_factory=DistributedConfig)
-    stability: StabilityConfig = field(default_factory=StabilityConfig)
-    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    model: ModelSection = field(default_factory=ModelSection)  # the transformer: a preset plus field overrides
+    data: DataConfig = field(default_factory=DataConfig)  # the token data and how it is cut into instances
+    optim: OptimConfig = field(default_factory=OptimConfig)  # AdamW
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # the learning rate over the run
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # the loop: length, batch, device, precision
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # when and how to save
+    eval: EvalConfig = field(default_factory=EvalConfig)  # validation loss and generated samples
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # progress display and TensorBoard
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)  # multi-process wrapping
+    stability: StabilityConfig = field(default_factory=StabilityConfig)  # spike detection, skipping, rollback
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)  # hung or slow steps
 
     @property
     def tokens_per_step(self) -> int:
@@ -124,6 +172,30 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
+
+    def validate(self) -> None:
+        """Refuse any value that cannot work before a run starts, naming the dotted key and what is valid."""
+        for section in (self.data, self.optim, self.schedule, self.trainer, self.checkpoint, self.eval,
+                        self.distributed, self.stability, self.watchdog):
+            section.validate()
+        max_seq_len = self.model.build(VOCAB_MULTIPLE).max_seq_len  # does not depend on the vocabulary
+        require(self.data.seq_len <= max_seq_len, "data.seq_len", self.data.seq_len,
+                f"at most model.max_seq_len={max_seq_len} (raise model.max_seq_len or lower data.seq_len)")
+
+    def warnings(self, world_size: int = 1) -> list[str]:
+        """Messages about values that run but are probably a mistake (warned about, not refused).
+
+        A run that ends inside its warmup never reaches the peak LR, so runs compared by LR (a sweep) would differ
+        only in their warmup slope; tiny smoke runs (and tests) do this on purpose.
+        """
+        schedule = self.schedule
+        scale = 1 if schedule.units == "steps" else self.tokens_per_step * world_size
+        total = self.trainer.steps * scale
+        if schedule.warmup < total:
+            return []
+        return [f"warning: schedule.warmup={schedule.warmup} {schedule.units} is not below the run's {total} "
+                f"{schedule.units} (trainer.steps={self.trainer.steps}): the learning rate warms up for the whole run "
+                "and never decays; lower schedule.warmup or raise trainer.steps"]
 
 
 def _normalise_model_section(raw: dict[str, Any]) -> None:
@@ -147,8 +219,35 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | dict[st
     extra = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
     raw = merge(raw, extra)
     _normalise_model_section(raw)
-    return from_dict(TrainConfig, raw)
+    cfg = from_dict(TrainConfig, raw)
+    cfg.validate()
+    for warning in cfg.warnings(world_size=int(os.environ.get("WORLD_SIZE", "1"))):
+        log.warning(warning)
+    return cfg
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def config_yaml(cfg: TrainConfig) -> str:
+    """The resolved config as a recipe: every key of every section with its value, and its doc as a comment."""
+    section_docs = field_docs(TrainConfig)
+    lines = ["# The resolved config; save it as a recipe: kiln train --print-config [RECIPE] [overrides] > my.yaml"]
+    for section in dataclasses.fields(cfg):
+        value = getattr(cfg, section.name)
+        rows = _model_rows(value) if section.name == "model" else documented_rows(value)
+        lines += commented_section(section.name, section_docs.get(section.name, ""), rows)
+    return "\n".join(lines) + "\n"
+
+
+def _model_rows(section: ModelSection) -> list[tuple[str | None, Any, str]]:
+    """The preset and every ModelConfig field it resolves to; vocab_size, unless set, comes from the data."""
+    docs = field_docs(ModelConfig)
+    rows = [("preset", section.preset, field_docs(ModelSection)["preset"])]
+    for key, value, doc in documented_rows(section.build(VOCAB_MULTIPLE)):
+        if key == "vocab_size" and key not in section.overrides:
+            rows.append((None, "vocab_size: unset = the data tokenizer's vocabulary", docs[key]))
+        else:
+            rows.append((key, value, doc))
+    return rows
