@@ -60,8 +60,12 @@ def init_distributed(device_type: str, timeout_s: float, force: bool = False) ->
 
 
 def shutdown_distributed() -> None:
+    """Leave the process group together: a rank that tears down while another still talks to the store (rank 0
+    hosts it) can abort at exit, so every rank first waits for the others at a barrier."""
     _background_groups.clear()
     if is_initialized():
+        if world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
