@@ -124,6 +124,13 @@ class KVCache:
         self.values[layer, :, :, self.length:end] = v
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
+    def select(self, rows: Tensor) -> KVCache:
+        """A cache whose row i copies row `rows[i]` of this one: one scored prompt continued several ways."""
+        picked = object.__new__(KVCache)
+        picked.keys, picked.values = self.keys[:, rows], self.values[:, rows]
+        picked.length, picked.max_len = self.length, self.max_len
+        return picked
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -239,8 +246,9 @@ class Transformer(nn.Module):
             init_weights(self)
 
     def forward(self, input_ids: Tensor, *, doc_ids: Tensor | None = None, pad_mask: Tensor | None = None,
-                cache: KVCache | None = None) -> Tensor:
-        """`doc_ids` (B, T) keeps attention inside documents; `pad_mask` (B, cache + T) marks real tokens."""
+                cache: KVCache | None = None, last_only: bool = False) -> Tensor:
+        """`doc_ids` (B, T) keeps attention inside documents; `pad_mask` (B, cache + T) marks real tokens.
+        `last_only` returns the last position's logits (B, 1, V): scoring a prompt needs no more."""
         B, T = input_ids.shape
         start = cache.length if cache is not None else 0
         if doc_ids is not None and cache is not None:
@@ -253,7 +261,7 @@ class Transformer(nn.Module):
             x = block(x, rope, mask, cache)
         if cache is not None:
             cache.length += T
-        x = self.norm(x)
+        x = self.norm(x[:, -1:] if last_only else x)
         return self.head(x) if self.head is not None else F.linear(x, self.embed.weight)
 
     @staticmethod

@@ -1,0 +1,100 @@
+"""Models the scorer can run: kiln's Transformer (kiln checkpoints and HF Olmo2 folders) and any HF causal LM.
+
+Both run a prompt once with a KV cache and continue row copies of it; they differ only in the cache API.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from kiln.errors import KilnError
+from kiln.eval.scoring import Backend
+from kiln.model.transformer import KVCache, Transformer
+
+
+class KilnBackend(Backend):
+    """kiln's Transformer with its own KVCache."""
+
+    def __init__(self, model: Transformer) -> None:
+        self.model = model.eval()
+        self.max_length = model.cfg.max_seq_len
+        self.device = model.embed.weight.device
+        self.vocab_size = model.cfg.vocab_size
+
+    @torch.no_grad()
+    def prefill(self, ids: Tensor, pad: Tensor, extra: int) -> tuple[Tensor, KVCache]:
+        cache = KVCache(self.model.cfg, ids.shape[0], ids.shape[1] + extra, self.device,
+                        self.model.embed.weight.dtype)
+        logits = self.model(ids, pad_mask=pad, cache=cache, last_only=True)
+        return logits[:, -1], cache
+
+    @torch.no_grad()
+    def extend(self, state: KVCache, rows: Tensor, ids: Tensor, pad: Tensor) -> Tensor:
+        return self.model(ids, pad_mask=pad, cache=state.select(rows))
+
+
+class HFBackend(Backend):
+    """A `transformers` causal LM, with explicit positions so left padding does not shift them."""
+
+    def __init__(self, model) -> None:
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        config = model.config
+        self.max_length = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 2048)
+        self.vocab_size = config.vocab_size
+
+    @torch.no_grad()
+    def prefill(self, ids: Tensor, pad: Tensor, extra: int) -> tuple[Tensor, object]:
+        out = self.model(input_ids=ids, attention_mask=pad.long(), position_ids=_positions(pad), use_cache=True,
+                         logits_to_keep=1)
+        return out.logits[:, -1], out.past_key_values
+
+    @torch.no_grad()
+    def extend(self, state, rows: Tensor, ids: Tensor, pad: Tensor) -> Tensor:
+        state.batch_select_indices(rows)
+        positions = _positions(pad)[:, -ids.shape[1]:]
+        return self.model(input_ids=ids, attention_mask=pad.long(), position_ids=positions, past_key_values=state,
+                          use_cache=True).logits
+
+
+def _positions(pad: Tensor) -> Tensor:
+    return (pad.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """`auto` is bf16 on a GPU that has it and fp32 elsewhere; `bf16`/`fp32`/`fp16` are taken as given."""
+    if name == "auto":
+        cuda = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda else torch.float32
+    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+    if name not in dtypes:
+        raise KilnError(f"--dtype {name!r} is not one of auto, {', '.join(dtypes)}")
+    return dtypes[name]
+
+
+def is_hf_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and not (path / "model.json").is_file()
+
+
+def is_olmo2_dir(path: Path) -> bool:
+    import json
+
+    return is_hf_dir(path) and json.loads((path / "config.json").read_text()).get("model_type") == "olmo2"
+
+
+def load_backend(path: str | Path, device: str, dtype: torch.dtype, hf: bool = False) -> Backend:
+    """kiln's Transformer for kiln checkpoints and Olmo2 folders (unless `hf`), `transformers` for other HF dirs."""
+    root = Path(path)
+    if not root.exists():
+        raise KilnError(f"model path {str(root)!r} does not exist")
+    if hf or (is_hf_dir(root) and not is_olmo2_dir(root)):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(root), dtype=dtype).to(device)
+        return HFBackend(model)
+    from kiln import from_pretrained
+
+    return KilnBackend(from_pretrained(root, device=device, dtype=dtype))

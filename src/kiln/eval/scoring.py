@@ -1,0 +1,201 @@
+"""Log-likelihoods of (context, continuation) pairs, each distinct context run through the model once.
+
+Tokenisation follows lm-evaluation-harness (`_encode_pair`, which oe-eval inherits): trailing spaces of the
+context move to the continuation, the pair is encoded whole and split after the context's own tokens. A prefix
+token (the document separator the model was trained with) goes first, as OLMo's evaluator prepends BOS.
+
+Speed: pairs are grouped by context and contexts sorted by length; a batch runs its left-padded contexts once with
+a KV cache (only the last position's logits are kept), then every continuation of every context in one more call
+from copies of that cache. Single-token continuations (MC's " A") need no second call at all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+MAX_CONTINUATIONS_PER_GROUP = 64  # the shared unconditional context "Answer:" would otherwise gather thousands
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A pair as token ids: the prefix-led context and the continuation."""
+
+    context: tuple[int, ...]
+    continuation: tuple[int, ...]
+
+
+@dataclass
+class Score:
+    """Sum of log-probabilities of a continuation's tokens, their count, and whether its context was cut."""
+
+    logprob: float
+    tokens: int
+    truncated: bool
+
+
+class PairEncoder:
+    """Encodes (context, continuation) strings the way lm-eval does, caching context encodings."""
+
+    def __init__(self, encode_batch: Callable[[list[str]], list[list[int]]], prefix_id: int | None) -> None:
+        self.encode_batch = encode_batch
+        self.prefix = [] if prefix_id is None else [prefix_id]
+
+    def encode(self, pairs: list[tuple[str, str]]) -> list[Encoded]:
+        """Every pair encoded; the continuation must contribute at least one token."""
+        moved = [_move_trailing_spaces(ctx, cont) for ctx, cont in pairs]
+        contexts = self.encode_batch([ctx for ctx, _ in moved])
+        wholes = self.encode_batch([ctx + cont for ctx, cont in moved])
+        out = []
+        for (ctx, cont), ctx_ids, whole in zip(moved, contexts, wholes):
+            cont_ids = whole[len(ctx_ids):]
+            if not cont_ids:
+                raise ValueError(f"continuation {cont!r} after {ctx[-40:]!r} encodes to no tokens")
+            out.append(Encoded(tuple(self.prefix + ctx_ids), tuple(cont_ids)))
+        return out
+
+
+def _move_trailing_spaces(context: str, continuation: str) -> tuple[str, str]:
+    stripped = context.rstrip()
+    return stripped, context[len(stripped):] + continuation
+
+
+@dataclass
+class _Group:
+    context: tuple[int, ...]  # what the model sees: `original`, cut from the left if it had to be
+    continuations: list[tuple[int, ...]]
+    original: tuple[int, ...]
+
+
+class Backend:
+    """What the scorer needs of a model: run left-padded prompts once, then continue copies of them."""
+
+    max_length: int
+    device: torch.device
+
+    def prefill(self, ids: Tensor, pad: Tensor, extra: int) -> tuple[Tensor, object]:
+        """Last-position logits (B, V) of left-padded `ids` and a cache with room for `extra` more tokens."""
+        raise NotImplementedError
+
+    def extend(self, state: object, rows: Tensor, ids: Tensor, pad: Tensor) -> Tensor:
+        """Logits (N, T, V) of right-padded `ids` continuing prompt `rows[i]`; `pad` covers prompt + new tokens."""
+        raise NotImplementedError
+
+
+class Scorer:
+    """Scores encoded pairs in length-sorted batches of at most `batch_size` contexts."""
+
+    def __init__(self, backend: Backend, batch_size: int = 16, token_budget: int = 16384) -> None:
+        self.backend = backend
+        self.batch_size = batch_size
+        self.token_budget = token_budget
+
+    def score(self, pairs: Iterable[Encoded], progress: Callable[[int], None] | None = None,
+              sync: Callable[[int], int] | None = None) -> dict[Encoded, Score]:
+        """A Score for every distinct pair; `progress(n)` is told how many pairs each batch finished.
+
+        With `sync` (ranks of a sharded model: it returns the most batches any rank has), every batch makes exactly
+        two forward calls and ranks with fewer batches make empty ones, so all ranks call forward equally often.
+        """
+        batches = list(self._batches(self._groups(set(pairs))))
+        results: dict[Encoded, Score] = {}
+        for batch in batches:
+            results.update(self._score_batch(batch, always_extend=sync is not None))
+            if progress is not None:
+                progress(sum(len(g.continuations) for g in batch))
+        for _ in range((sync(len(batches)) if sync else 0) - len(batches)):
+            self._idle_batch()
+        return results
+
+    def _idle_batch(self) -> None:
+        """The two forward calls of a batch, on one token: keeps a rank in step with the others."""
+        device = self.backend.device
+        one = torch.ones(1, 1, dtype=torch.bool, device=device)
+        _, state = self.backend.prefill(torch.zeros(1, 1, dtype=torch.long, device=device), one, 1)
+        self.backend.extend(state, torch.zeros(1, dtype=torch.long, device=device),
+                            torch.zeros(1, 1, dtype=torch.long, device=device), torch.cat([one, one], dim=1))
+
+    def _groups(self, pairs: set[Encoded]) -> list[_Group]:
+        """Pairs grouped by context. A pair too long for the model gets a group of its own whose context is cut
+        from the left just enough (as lm-eval and OLMo cut each pair), so it is scored exactly as they score it."""
+        by_context: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+        groups = []
+        for pair in sorted(pairs, key=lambda p: (p.context, p.continuation)):
+            room = self.backend.max_length - (len(pair.continuation) - 1)
+            if len(pair.context) > room:
+                groups.append(_Group(pair.context[len(pair.context) - max(room, 1):], [pair.continuation],
+                                     pair.context))
+            else:
+                by_context.setdefault(pair.context, []).append(pair.continuation)
+        groups += [
+            _Group(ctx, conts[i:i + MAX_CONTINUATIONS_PER_GROUP], ctx)
+            for ctx, conts in by_context.items() for i in range(0, len(conts), MAX_CONTINUATIONS_PER_GROUP)
+        ]
+        return sorted(groups, key=lambda g: -(len(g.context) + max(map(len, g.continuations))))
+
+    def _batches(self, groups: list[_Group]) -> Iterable[list[_Group]]:
+        batch: list[_Group] = []
+        for group in groups:
+            longest = len(group.context) + max(map(len, group.continuations)) if not batch else \
+                len(batch[0].context) + max(map(len, batch[0].continuations))
+            rows = sum(len(g.continuations) for g in batch) + len(group.continuations)
+            if batch and (len(batch) >= self.batch_size or rows * longest > self.token_budget):
+                yield batch
+                batch = []
+            batch.append(group)
+        if batch:
+            yield batch
+
+    def _score_batch(self, batch: list[_Group], always_extend: bool = False) -> dict[Encoded, Score]:
+        longest_cont = max(len(c) for g in batch for c in g.continuations)
+        ids, pad = _left_pad([g.context for g in batch], self.backend.device)
+        last_logits, state = self.backend.prefill(ids, pad, max(longest_cont - 1, 1))
+        first = F.log_softmax(last_logits.float(), dim=-1)
+        rows = [(i, cont) for i, g in enumerate(batch) for cont in g.continuations]
+        rest = self._continue(state, rows, pad) if longest_cont > 1 or always_extend else None
+        out = {}
+        for r, (i, cont) in enumerate(rows):
+            logprob = first[i, cont[0]].item()
+            if len(cont) > 1:
+                logprob += rest[r, : len(cont) - 1].sum().item()
+            group = batch[i]
+            out[Encoded(group.original, cont)] = Score(logprob, len(cont), group.context != group.original)
+        return out
+
+    def _continue(self, state: object, rows: list[tuple[int, tuple[int, ...]]], ctx_pad: Tensor) -> Tensor:
+        """Log-probabilities (N, L-1) of continuation tokens 2..L, zero past each continuation's end."""
+        device = self.backend.device
+        width = max(max(len(cont) for _, cont in rows) - 1, 1)
+        inputs = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        targets = torch.zeros_like(inputs)
+        real = torch.zeros_like(inputs, dtype=torch.bool)
+        for r, (_, cont) in enumerate(rows):
+            n = len(cont) - 1
+            inputs[r, :n] = torch.tensor(cont[:-1], device=device)
+            targets[r, :n] = torch.tensor(cont[1:], device=device)
+            real[r, :n] = True
+        index = torch.tensor([i for i, _ in rows], device=device)
+        pad = torch.cat([ctx_pad[index], real], dim=1)
+        logits = self.backend.extend(state, index, inputs, pad)
+        logprobs = F.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None])[..., 0]
+        return torch.where(real, logprobs, 0.0)
+
+
+def _left_pad(seqs: list[tuple[int, ...]], device: torch.device) -> tuple[Tensor, Tensor]:
+    width = max(map(len, seqs))
+    ids = torch.zeros(len(seqs), width, dtype=torch.long, device=device)
+    pad = torch.zeros(len(seqs), width, dtype=torch.bool, device=device)
+    for i, seq in enumerate(seqs):
+        ids[i, width - len(seq):] = torch.tensor(seq, device=device)
+        pad[i, width - len(seq):] = True
+    return ids, pad
+
+
+def bits_per_byte(logprob: float, text: str) -> float:
+    """Bits per UTF-8 byte of `text` given its natural-log probability."""
+    return -logprob / math.log(2) / max(len(text.encode("utf-8")), 1)
