@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "kiln.train.commands",
     "kiln.hf.commands",
     "kiln.generate.commands",
+    "kiln.eval.commands",
     "kiln.faults.commands",
     "kiln.stability.commands",
 ]

@@ -16,6 +16,7 @@ from kiln.distributed.setup import (
     background_group,
     barrier,
     exit_together,
+    gather_objects,
     init_distributed,
     is_rank0,
     local_rank,
@@ -26,6 +27,6 @@ from kiln.distributed.setup import (
     world_size,
 )
 
-__all__ = ["background_group", "barrier", "clip_grad_norm", "exit_together", "grad_sync", "init_distributed",
-           "is_rank0", "local_part", "local_rank", "max_across_ranks", "parallelize", "rank", "resolve_strategy",
-           "shutdown_distributed", "sum_across_ranks", "sum_over_shards", "unwrap", "world_size"]
+__all__ = ["background_group", "barrier", "clip_grad_norm", "exit_together", "gather_objects", "grad_sync",
+           "init_distributed", "is_rank0", "local_part", "local_rank", "max_across_ranks", "parallelize", "rank",
+           "resolve_strategy", "shutdown_distributed", "sum_across_ranks", "sum_over_shards", "unwrap", "world_size"]

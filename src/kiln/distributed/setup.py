@@ -91,6 +91,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def gather_objects(obj: object) -> list:
+    """Every rank's `obj` (picklable), in rank order, on every rank; `[obj]` on one process."""
+    if world_size() == 1:
+        return [obj]
+    out: list = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def sum_across_ranks(values: Sequence[float], device: torch.device) -> list[float]:
     """Element-wise sums over all ranks, in float64 so token counts stay exact; unchanged on one process."""
     if world_size() == 1:

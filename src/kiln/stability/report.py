@@ -134,6 +134,38 @@ def plot_layers(runs: list[RunLog], metric: str, title: str, logy: bool = False)
     return fig
 
 
+def downstream_tasks(runs: list[RunLog]) -> list[str]:
+    """Tasks with in-loop metrics (`downstream/{task}/{metric}`) in any run, in first-logged order."""
+    tasks: dict[str, None] = {}
+    for run in runs:
+        for record in run.records:
+            for key in record:
+                if key.startswith("downstream/") and key.count("/") == 2:
+                    tasks.setdefault(key.split("/")[1], None)
+    return list(tasks)
+
+
+def plot_downstream(runs: list[RunLog], task: str) -> Figure | None:
+    """A task's primary metric against steps, one line per run, with its chance level dashed."""
+    from kiln.eval.tasks import get_task
+
+    try:
+        metric = get_task(task).primary_metric
+    except KilnError:  # a task this kiln does not know: fall back to plain accuracy
+        metric = "acc_raw"
+    key = f"downstream/{task}/{metric}"
+    if not any(run.series(key)[0] for run in runs):
+        return None
+    fig, ax = _new_axes(f"{task}: {metric} (dashed: chance)", metric)
+    for i, run in enumerate(runs):
+        ax.plot(*run.series(key), color=f"C{i % 10}", linewidth=1.4, marker=".", label=run.label)
+        _, chance = run.series(f"downstream/{task}/chance")
+        if chance:
+            ax.axhline(chance[-1], color=f"C{i % 10}", linestyle="--", linewidth=1.0, alpha=0.7)
+    ax.legend(fontsize="small")
+    return fig
+
+
 def build_figures(runs: list[RunLog], smooth: int = 1) -> dict[str, Figure]:
     """Every plot the runs' metrics allow, by file stem, in the order the page shows them."""
     figures = {
@@ -146,6 +178,8 @@ def build_figures(runs: list[RunLog], smooth: int = 1) -> dict[str, Figure]:
     for stem, metric, title, logy in LAYER_PLOTS:
         figures[stem] = plot_layers(runs, metric, title, logy)
     figures["output_logit_max"] = plot_series(runs, "output_logit_max", "output logit max", logy=False)
+    for task in downstream_tasks(runs):
+        figures[f"downstream_{task}"] = plot_downstream(runs, task)
     return {stem: fig for stem, fig in figures.items() if fig is not None}
 
 

@@ -122,10 +122,23 @@ class EvalConfig:
     samples: int = 2  # generated continuations at the end of training; 0 = none
     sample_tokens: int = 48  # new tokens per generated continuation
     prompts: list[str] | None = None  # default: the built-in corpus's two, or the opening words of held-out documents
+    downstream: list[str] | None = None  # tasks scored at each eval step, e.g. [hellaswag_rc_5shot] (kiln eval --list)
+    downstream_limit: int = 100  # examples per downstream task (the first N of its validation set)
+    downstream_batch_size: int = 16  # contexts per forward pass when scoring downstream tasks
+    downstream_data: str | None = None  # folder with the tasks' JSONL or save_to_disk data (default: see kiln eval)
 
     def validate(self) -> None:
-        require_positive(self, "eval", "max_batches")
+        require_positive(self, "eval", "max_batches", "downstream_limit", "downstream_batch_size")
         require_non_negative(self, "eval", "every", "samples", "sample_tokens")
+        if self.downstream:
+            from kiln.errors import KilnError
+            from kiln.eval.tasks import get_task
+
+            for name in self.downstream:
+                try:
+                    get_task(name)
+                except KilnError as err:
+                    raise ConfigKeyError(f"eval.downstream: {err}") from err
 
 
 @dataclass

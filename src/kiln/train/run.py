@@ -144,6 +144,11 @@ def build_callbacks(cfg: TrainConfig, run_dir: Path, tokenizer, model_cfg: Model
         unigram = unigram_cross_entropy(train_loader.views, val_loader.views, model_cfg.padded_vocab_size)
         callbacks.insert(1, cbs.Evaluator(val_loader, token_byte_lengths(tokenizer, model_cfg.padded_vocab_size),
                                           cfg.eval.every, cfg.eval.max_batches, unigram))
+    if cfg.eval.downstream:
+        from kiln.eval.in_loop import DownstreamEvaluator
+
+        callbacks.insert(1, DownstreamEvaluator(cfg.eval.downstream, cfg.eval.downstream_limit, cfg.eval.every,
+                                                tokenizer, cfg.eval.downstream_batch_size, cfg.eval.downstream_data))
     if distributed.is_rank0():  # a step's metrics line is written before its checkpoint (kiln.train.metrics_log)
         at = callbacks.index(checkpointer)
         callbacks[at:at] = [cbs.MetricsWriter(run_dir, cfg.logging.tensorboard, durable_every=cfg.checkpoint.every),
