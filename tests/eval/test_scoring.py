@@ -1,0 +1,119 @@
+"""The KV-cached, shared-context scorer gives the log-likelihoods of plain full-sequence scoring, lm-eval's and
+transformers'; truncation cuts each pair as lm-eval does and is counted."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kiln.eval.backends import KilnBackend, load_backend
+from kiln.eval.evaluate import prepare, score_examples
+from kiln.eval.scoring import Encoded, PairEncoder, Scorer
+from kiln.eval.tasks import parse_tasks
+from tests.eval.conftest import FIXTURES, encoder_for, tiny_model
+
+TASKS = "arc_easy_rc_5shot,winogrande_rc_5shot,piqa_mc_5shot,hellaswag_bpb_0shot,copa_rc_0shot"
+
+
+def naive_logprob(model, pair: Encoded, max_len: int) -> float:
+    """Score ctx + cont in one plain forward pass, cut from the left to the model's length (lm-eval's rule)."""
+    ids = (list(pair.context) + list(pair.continuation))[-(max_len + 1):]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids[:-1]]))[0].float()
+    n = len(pair.continuation)
+    return F.log_softmax(logits[-n:], -1).gather(-1, torch.tensor(ids[-n:])[:, None]).sum().item()
+
+
+def all_pairs(prepared, encoder) -> list[Encoded]:
+    return [e for p in prepared for r in p.requests for e in encoder.encode(r.pairs + (r.uncond or []))]
+
+
+@pytest.mark.parametrize("max_len", [1024, 96])
+def test_cached_scores_equal_full_sequence_scores(max_len):
+    model, tok = tiny_model(max_seq_len=max_len)
+    encoder = encoder_for(tok)
+    prepared = prepare(parse_tasks(TASKS), limit=3, data_dir=FIXTURES)
+    pairs = all_pairs(prepared, encoder)
+    scores = Scorer(KilnBackend(model), batch_size=3).score(pairs)
+    assert set(scores) == set(pairs)
+    for pair in pairs:
+        assert scores[pair].logprob == pytest.approx(naive_logprob(model, pair, max_len), abs=1e-4)
+        assert scores[pair].tokens == len(pair.continuation)
+        assert scores[pair].truncated == (len(pair.context) + len(pair.continuation) - 1 > max_len)
+    assert any(s.truncated for s in scores.values()) == (max_len == 96)
+
+
+def test_batch_size_and_token_budget_do_not_change_scores():
+    model, tok = tiny_model()
+    encoder = encoder_for(tok)
+    pairs = all_pairs(prepare(parse_tasks(TASKS), limit=3, data_dir=FIXTURES), encoder)
+    one = Scorer(KilnBackend(model), batch_size=1).score(pairs)
+    many = Scorer(KilnBackend(model), batch_size=64, token_budget=1 << 20).score(pairs)
+    assert max(abs(one[p].logprob - many[p].logprob) for p in pairs) < 1e-4
+
+
+def test_each_distinct_context_runs_through_the_model_once():
+    model, tok = tiny_model()
+    encoder = encoder_for(tok)
+    backend = KilnBackend(model)
+    seen = []
+    original = backend.prefill
+
+    def counting_prefill(ids, pad, extra):
+        seen.extend(tuple(row[mask].tolist()) for row, mask in zip(ids, pad))
+        return original(ids, pad, extra)
+
+    backend.prefill = counting_prefill
+    prepared = prepare(parse_tasks("arc_easy_rc_5shot,csqa_rc_0shot"), limit=5, data_dir=FIXTURES)
+    pairs = all_pairs(prepared, encoder)
+    Scorer(backend, batch_size=4).score(pairs)
+    assert len(seen) == len(set(seen)) == len({p.context for p in pairs})
+    assert len(seen) < len(set(pairs)) / 2  # 4-5 choices (and one shared "Answer:") per context
+
+
+def test_pair_encoding_moves_trailing_spaces_and_splits_the_whole():
+    calls = []
+
+    def encode(texts):
+        calls.append(texts)
+        return [[ord(c) for c in t] for t in texts]
+
+    [pair] = PairEncoder(encode, prefix_id=0).encode([("Answer: ", "yes")])
+    assert calls == [["Answer:"], ["Answer: yes"]]
+    assert pair.context == (0, *map(ord, "Answer:")) and pair.continuation == tuple(map(ord, " yes"))
+
+
+def test_kiln_and_transformers_backends_agree(hf_model):
+    model, tok = tiny_model()
+    encoder = encoder_for(tok)
+    prepared = prepare(parse_tasks("arc_easy_rc_0shot,winogrande_rc_0shot"), limit=3, data_dir=FIXTURES)
+    kiln_scores = score_examples(prepared, encoder, Scorer(KilnBackend(model)))
+    hf_scores = score_examples(prepared, encoder, Scorer(load_backend(hf_model, "cpu", torch.float32, hf=True)))
+    for a, b in zip(kiln_scores, hf_scores):
+        for ea, eb in zip(a, b):
+            assert ea["logprobs"] == pytest.approx(eb["logprobs"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_loglikelihoods_equal_lm_evaluation_harness(hf_model):
+    """lm-eval's HF backend on the same exported model and the same requests (the prefix token written as text)."""
+    lm_eval_hf = pytest.importorskip("lm_eval.models.huggingface")
+    from lm_eval.api.instance import Instance
+
+    model, tok = tiny_model()
+    encoder = encoder_for(tok)
+    prepared = prepare(parse_tasks("arc_easy_rc_5shot,winogrande_rc_0shot,hellaswag_rc_0shot,piqa_mc_5shot"),
+                       limit=3, data_dir=FIXTURES)
+    ours = score_examples(prepared, encoder, Scorer(KilnBackend(model)))
+    prefix = tok.id_to_token(encoder.prefix[0])
+    requests, expected = [], []
+    for p, examples in zip(prepared, ours):
+        for r, ex in zip(p.requests, examples):
+            for (ctx, cont), logprob in zip(r.pairs, ex["logprobs"]):
+                requests.append(Instance("loglikelihood", {}, (prefix + ctx, cont), len(requests)))
+                expected.append(logprob)
+    lm = lm_eval_hf.HFLM(pretrained=str(hf_model), backend="causal", batch_size=8, device="cpu", dtype="float32")
+    theirs = [logprob for logprob, _ in lm.loglikelihood(requests, disable_tqdm=True)]
+    assert len(theirs) == len(expected) > 30
+    assert max(abs(a - b) for a, b in zip(expected, theirs)) < 1e-4
