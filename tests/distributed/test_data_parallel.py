@@ -18,22 +18,31 @@ from torch.distributed.checkpoint import FileSystemReader
 from kiln.train.config import load_config
 from kiln.train.run import train
 
+from ..eval.conftest import FIXTURES
 from ..train.conftest import tiny_config
 from .launch import run_ranks
 
 STEPS = 6
+# an odd number of examples, so one rank has more batches than the other and must wait in step with it
+DOWNSTREAM = {"downstream": ["arc_easy_rc_0shot", "piqa_mc_5shot"], "downstream_limit": 5,
+              "downstream_batch_size": 2, "downstream_data": str(FIXTURES)}
 TRAIN = "tests.distributed.workers:train_config"
 
 
 def _config(dataset: Path, run_dir: Path, micro: int, async_save: bool = False, **distributed) -> dict:
-    """Evaluation, checkpoints and per-layer statistics every 3 steps, so each periodic path runs twice."""
+    """Evaluation (validation and downstream tasks), checkpoints and per-layer statistics every 3 steps, so each
+    periodic path runs twice."""
     return tiny_config(dataset, run_dir, trainer={"micro_batch_size": micro, "grad_accum": 2, "steps": STEPS},
                        checkpoint={"every": 3, "async_save": async_save}, stability={"layer_stats_every": 3},
-                       distributed=distributed).to_dict()
+                       eval=DOWNSTREAM, distributed=distributed).to_dict()
 
 
 def _layer_stats(line: dict) -> dict[str, float]:
     return {k: v for k, v in line.items() if k.startswith("layer/") or k == "output_logit_max"}
+
+
+def _downstream(line: dict) -> dict[str, float]:
+    return {k: v for k, v in line.items() if k.startswith("downstream/")}
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -49,6 +58,11 @@ def _assert_same_training(a: Path, b: Path) -> None:
             assert (key in x) == (key in y)
             if key in x:
                 assert abs(x[key] - y[key]) < 1e-5, (x["step"], key, x[key], y[key])
+        # downstream metrics over all ranks' shares: every example scored once, as the one process scores it
+        down_x, down_y = _downstream(x), _downstream(y)
+        assert down_x.keys() == down_y.keys() and (len(down_x) > 0) == (x["step"] % 3 == 0), x["step"]
+        for key, value in down_x.items():
+            assert down_y[key] == pytest.approx(value, abs=1e-4), (x["step"], key, value, down_y[key])
         # per-layer statistics of the whole global batch and model, not of one rank's shard or micro-batch
         stats_x, stats_y = _layer_stats(x), _layer_stats(y)
         assert stats_x.keys() == stats_y.keys() and (len(stats_x) > 0) == (x["step"] % 3 == 0), x["step"]

@@ -103,12 +103,13 @@ class Scorer:
         two forward calls and ranks with fewer batches make empty ones, so all ranks call forward equally often.
         """
         batches = list(self._batches(self._groups(set(pairs))))
+        most = sync(len(batches)) if sync else len(batches)  # agreed before any forward call
         results: dict[Encoded, Score] = {}
         for batch in batches:
             results.update(self._score_batch(batch, always_extend=sync is not None))
             if progress is not None:
                 progress(sum(len(g.continuations) for g in batch))
-        for _ in range((sync(len(batches)) if sync else 0) - len(batches)):
+        for _ in range(most - len(batches)):
             self._idle_batch()
         return results
 
