@@ -3,6 +3,8 @@ transformers'; truncation cuts each pair as lm-eval does and is counted."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -53,23 +55,34 @@ def test_batch_size_and_token_budget_do_not_change_scores():
     assert max(abs(one[p].logprob - many[p].logprob) for p in pairs) < 1e-4
 
 
-def test_each_distinct_context_runs_through_the_model_once():
+def test_contexts_run_once_and_a_shared_few_shot_prefix_once_per_batch():
     model, tok = tiny_model()
     encoder = encoder_for(tok)
     backend = KilnBackend(model)
-    seen = []
-    original = backend.prefill
+    context_tokens = []  # real (not pad) tokens of every forward call that runs contexts
+    prefill, extend = backend.prefill, backend.extend
 
     def counting_prefill(ids, pad, extra):
-        seen.extend(tuple(row[mask].tolist()) for row, mask in zip(ids, pad))
-        return original(ids, pad, extra)
+        context_tokens.append(int(pad.sum()))
+        return prefill(ids, pad, extra)
 
-    backend.prefill = counting_prefill
+    def counting_extend(state, rows, ids, pad, last_only=False):
+        if last_only:  # the rest of each context after their common prefix
+            context_tokens.append(int(pad[:, -ids.shape[1]:].sum()))
+        return extend(state, rows, ids, pad, last_only)
+
+    backend.prefill, backend.extend = counting_prefill, counting_extend
     prepared = prepare(parse_tasks("arc_easy_rc_5shot,csqa_rc_0shot"), limit=5, data_dir=FIXTURES)
     pairs = all_pairs(prepared, encoder)
-    Scorer(backend, batch_size=4).score(pairs)
-    assert len(seen) == len(set(seen)) == len({p.context for p in pairs})
-    assert len(seen) < len(set(pairs)) / 2  # 4-5 choices (and one shared "Answer:") per context
+    scores = Scorer(backend, batch_size=4).score(pairs)
+    contexts = {p.context for p in pairs}
+    five_shot = {encoder.encode([pair])[0].context for r in prepared[0].requests for pair in r.pairs}
+    shared = len(os.path.commonprefix(list(five_shot)))
+    assert len(five_shot) == 5 and shared > 200
+    # each context at most once, and the five shots once per batch of (at most 4) contexts: twice, not five times
+    assert sum(context_tokens) <= sum(map(len, contexts)) - (5 - 2) * shared
+    for pair in pairs:
+        assert scores[pair].logprob == pytest.approx(naive_logprob(model, pair, 1024), abs=1e-4)
 
 
 def test_pair_encoding_moves_trailing_spaces_and_splits_the_whole():
@@ -117,3 +130,22 @@ def test_loglikelihoods_equal_lm_evaluation_harness(hf_model):
     theirs = [logprob for logprob, _ in lm.loglikelihood(requests, disable_tqdm=True)]
     assert len(theirs) == len(expected) > 30
     assert max(abs(a - b) for a, b in zip(expected, theirs)) < 1e-4
+
+
+def test_in_lockstep_every_batch_makes_three_forward_calls_and_the_scores_stay_the_same():
+    """Ranks of a sharded model must call forward equally often: batches with and without a common prefix (no start
+    token here, so some have none) and the idle batches of a rank that ran out all make exactly three calls."""
+    model, tok = tiny_model()
+    encoder = PairEncoder(encoder_for(tok).encode_batch, None)
+    pairs = all_pairs(prepare(parse_tasks("arc_easy_rc_0shot,piqa_mc_0shot,copa_rc_0shot"), limit=4,
+                              data_dir=FIXTURES), encoder)
+    backend = KilnBackend(model)
+    calls = []
+    original = model.forward
+    model.forward = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
+    free = Scorer(backend, batch_size=3).score(pairs)
+    calls.clear()
+    counted = []
+    locked = Scorer(backend, batch_size=3).score(pairs, sync=lambda n: counted.append(n) or n + 2)
+    assert len(calls) == 3 * (counted[0] + 2)
+    assert max(abs(free[p].logprob - locked[p].logprob) for p in pairs) < 1e-4

@@ -5,6 +5,7 @@ Both run a prompt once with a KV cache and continue row copies of it; they diffe
 
 from __future__ import annotations
 
+import copy
 import inspect
 from pathlib import Path
 
@@ -31,8 +32,11 @@ class KilnBackend(Backend):
         return logits[:, -1], cache
 
     @torch.no_grad()
-    def extend(self, state: KVCache, rows: Tensor, ids: Tensor, pad: Tensor) -> Tensor:
-        return self.model(ids, pad_mask=pad, cache=state.select(rows))
+    def extend(self, state: KVCache, rows: Tensor, ids: Tensor, pad: Tensor,
+               last_only: bool = False) -> tuple[Tensor, KVCache]:
+        cache = state.select(rows)
+        logits = self.model(ids, pad_mask=pad, cache=cache, last_only=last_only)
+        return (logits[:, -1] if last_only else logits), cache
 
 
 class HFBackend(Backend):
@@ -55,11 +59,23 @@ class HFBackend(Backend):
         return out.logits[:, -1], cache
 
     @torch.no_grad()
-    def extend(self, state, rows: Tensor, ids: Tensor, pad: Tensor) -> Tensor:
+    def extend(self, state, rows: Tensor, ids: Tensor, pad: Tensor, last_only: bool = False) -> tuple[Tensor, object]:
+        state = _fork(state)
         state.batch_select_indices(rows)
         positions = _positions(pad)[:, -ids.shape[1]:]
-        return self.model(input_ids=ids, attention_mask=pad.long(), position_ids=positions, use_cache=True,
-                          **{self.cache_arg: state}).logits
+        out = self.model(input_ids=ids, attention_mask=pad.long(), position_ids=positions, use_cache=True,
+                         logits_to_keep=1 if last_only else 0, **{self.cache_arg: state})
+        return (out.logits[:, -1] if last_only else out.logits), state
+
+
+def _fork(cache):
+    """A cache that can be selected from and extended without touching `cache`: transformers' layers replace their
+    tensors rather than write into them, so copying the layer objects is enough (older caches: a deep copy)."""
+    if not hasattr(cache, "layers"):
+        return copy.deepcopy(cache)
+    forked = copy.copy(cache)
+    forked.layers = [copy.copy(layer) for layer in cache.layers]
+    return forked
 
 
 def _positions(pad: Tensor) -> Tensor:

@@ -6,7 +6,10 @@ token (the document separator the model was trained with) goes first, as OLMo's 
 
 Speed: pairs are grouped by context and contexts sorted by length; a batch runs its left-padded contexts once with
 a KV cache (only the last position's logits are kept), then every continuation of every context in one more call
-from copies of that cache. Single-token continuations (MC's " A") need no second call at all.
+from copies of that cache. Single-token continuations (MC's " A") need no second call at all. Contexts that begin
+alike (a task's fixed few-shot examples, the two halves of a Winogrande sentence) are batched together, and their
+common token prefix runs once per batch: the rest of each context continues from copies of its cache, left-padded
+so that the pad sits between prefix and rest (positions come from the pad mask, so they stay exact).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 MAX_CONTINUATIONS_PER_GROUP = 64  # the shared unconditional context "Answer:" would otherwise gather thousands
+SHARED_PREFIX = 32  # contexts whose first this many tokens agree are batched together and share their prefix
 
 
 @dataclass(frozen=True)
@@ -82,8 +86,10 @@ class Backend:
         """Last-position logits (B, V) of left-padded `ids` and a cache with room for `extra` more tokens."""
         raise NotImplementedError
 
-    def extend(self, state: object, rows: Tensor, ids: Tensor, pad: Tensor) -> Tensor:
-        """Logits (N, T, V) of right-padded `ids` continuing prompt `rows[i]`; `pad` covers prompt + new tokens."""
+    def extend(self, state: object, rows: Tensor, ids: Tensor, pad: Tensor,
+               last_only: bool = False) -> tuple[Tensor, object]:
+        """Logits (N, T, V) of `ids` continuing prompt `rows[i]` (`pad` covers prompt + new tokens) and the cache
+        that now holds them; with `last_only`, logits (N, V) of the last position."""
         raise NotImplementedError
 
 
@@ -100,13 +106,13 @@ class Scorer:
         """A Score for every distinct pair; `progress(n)` is told how many pairs each batch finished.
 
         With `sync` (ranks of a sharded model: it returns the most batches any rank has), every batch makes exactly
-        two forward calls and ranks with fewer batches make empty ones, so all ranks call forward equally often.
+        three forward calls and ranks with fewer batches make empty ones, so all ranks call forward equally often.
         """
         batches = list(self._batches(self._groups(set(pairs))))
         most = sync(len(batches)) if sync else len(batches)  # agreed before any forward call
         results: dict[Encoded, Score] = {}
         for batch in batches:
-            results.update(self._score_batch(batch, always_extend=sync is not None))
+            results.update(self._score_batch(batch, lockstep=sync is not None))
             if progress is not None:
                 progress(sum(len(g.continuations) for g in batch))
         for _ in range(most - len(batches)):
@@ -114,12 +120,18 @@ class Scorer:
         return results
 
     def _idle_batch(self) -> None:
-        """The two forward calls of a batch, on one token: keeps a rank in step with the others."""
+        """The three forward calls of a batch, on one token each: keeps a rank in step with the others."""
+        _, state = self.backend.prefill(*self._one_token(), 2)
+        self._idle_extend(self._idle_extend(state, 2), 3)
+
+    def _one_token(self, width: int = 1) -> tuple[Tensor, Tensor]:
         device = self.backend.device
-        one = torch.ones(1, 1, dtype=torch.bool, device=device)
-        _, state = self.backend.prefill(torch.zeros(1, 1, dtype=torch.long, device=device), one, 1)
-        self.backend.extend(state, torch.zeros(1, dtype=torch.long, device=device),
-                            torch.zeros(1, 1, dtype=torch.long, device=device), torch.cat([one, one], dim=1))
+        return (torch.zeros(1, 1, dtype=torch.long, device=device),
+                torch.ones(1, width, dtype=torch.bool, device=device))
+
+    def _idle_extend(self, state: object, width: int) -> object:
+        ids, pad = self._one_token(width)
+        return self.backend.extend(state, torch.zeros(1, dtype=torch.long, device=ids.device), ids, pad)[1]
 
     def _groups(self, pairs: set[Encoded]) -> list[_Group]:
         """Pairs grouped by context. A pair too long for the model gets a group of its own whose context is cut
@@ -137,28 +149,35 @@ class Scorer:
             _Group(ctx, conts[i:i + MAX_CONTINUATIONS_PER_GROUP], ctx)
             for ctx, conts in by_context.items() for i in range(0, len(conts), MAX_CONTINUATIONS_PER_GROUP)
         ]
-        return sorted(groups, key=lambda g: -(len(g.context) + max(map(len, g.continuations))))
+        return groups
 
     def _batches(self, groups: list[_Group]) -> Iterable[list[_Group]]:
-        batch: list[_Group] = []
+        """Length-sorted batches; groups whose contexts begin alike are batched only with each other."""
+        alike: dict[tuple[int, ...], list[_Group]] = {}
         for group in groups:
-            longest = len(group.context) + max(map(len, group.continuations)) if not batch else \
-                len(batch[0].context) + max(map(len, batch[0].continuations))
+            alike.setdefault(group.context[:SHARED_PREFIX], []).append(group)
+        loners = [g for key, gs in alike.items() if len(gs) == 1 or len(key) < SHARED_PREFIX for g in gs]
+        families = [gs for key, gs in alike.items() if len(gs) > 1 and len(key) == SHARED_PREFIX]
+        for family in [*families, loners]:
+            yield from self._length_sorted_batches(family)
+
+    def _length_sorted_batches(self, groups: list[_Group]) -> Iterable[list[_Group]]:
+        batch: list[_Group] = []
+        for group in sorted(groups, key=lambda g: -_span(g)):
             rows = sum(len(g.continuations) for g in batch) + len(group.continuations)
-            if batch and (len(batch) >= self.batch_size or rows * longest > self.token_budget):
+            if batch and (len(batch) >= self.batch_size or rows * _span(batch[0]) > self.token_budget):
                 yield batch
                 batch = []
             batch.append(group)
         if batch:
             yield batch
 
-    def _score_batch(self, batch: list[_Group], always_extend: bool = False) -> dict[Encoded, Score]:
+    def _score_batch(self, batch: list[_Group], lockstep: bool = False) -> dict[Encoded, Score]:
         longest_cont = max(len(c) for g in batch for c in g.continuations)
-        ids, pad = _left_pad([g.context for g in batch], self.backend.device)
-        last_logits, state = self.backend.prefill(ids, pad, max(longest_cont - 1, 1))
+        last_logits, state, pad = self._run_contexts([g.context for g in batch], max(longest_cont - 1, 1), lockstep)
         first = F.log_softmax(last_logits.float(), dim=-1)
         rows = [(i, cont) for i, g in enumerate(batch) for cont in g.continuations]
-        rest = self._continue(state, rows, pad) if longest_cont > 1 or always_extend else None
+        rest = self._continue(state, rows, pad, lockstep) if longest_cont > 1 or lockstep else None
         out = {}
         for r, (i, cont) in enumerate(rows):
             logprob = first[i, cont[0]].item()
@@ -168,8 +187,39 @@ class Scorer:
             out[Encoded(group.original, cont)] = Score(logprob, len(cont), group.context != group.original)
         return out
 
-    def _continue(self, state: object, rows: list[tuple[int, tuple[int, ...]]], ctx_pad: Tensor) -> Tensor:
-        """Log-probabilities (N, L-1) of continuation tokens 2..L, zero past each continuation's end."""
+    def _run_contexts(self, contexts: list[tuple[int, ...]], extra: int,
+                      lockstep: bool) -> tuple[Tensor, object, Tensor]:
+        """Last-position logits of every context, the cache holding them, and its pad mask. A common prefix runs
+        once; in lockstep (sharded ranks) this is always two forward calls."""
+        shared = min(_common_prefix_length(contexts), min(map(len, contexts)) - 1)
+        if shared < SHARED_PREFIX and not (lockstep and shared > 0):
+            ids, pad = _left_pad(contexts, self.backend.device)
+            last_logits, state = self.backend.prefill(ids, pad, extra)
+            if lockstep:  # stands for the shared path's second call (the rest of the contexts)
+                self.backend.prefill(*self._one_token(), 1)
+            return last_logits, state, pad
+        device = self.backend.device
+        rest, rest_pad = _left_pad([c[shared:] for c in contexts], device)
+        prefix = torch.tensor([contexts[0][:shared]], device=device)
+        _, state = self.backend.prefill(prefix, torch.ones_like(prefix, dtype=torch.bool), rest.shape[1] + extra)
+        pad = torch.cat([torch.ones(len(contexts), shared, dtype=torch.bool, device=device), rest_pad], dim=1)
+        rows = torch.zeros(len(contexts), dtype=torch.long, device=device)
+        last_logits, state = self.backend.extend(state, rows, rest, pad, last_only=True)
+        return last_logits, state, pad
+
+    def _continue(self, state: object, rows: list[tuple[int, tuple[int, ...]]], ctx_pad: Tensor,
+                  lockstep: bool = False) -> Tensor:
+        """Log-probabilities (N, L-1) of continuation tokens 2..L, zero past each continuation's end. Rows run in
+        chunks of similar length, so short continuations are not padded to the longest (one call in lockstep)."""
+        width = max(max(len(cont) for _, cont in rows) - 1, 1)
+        out = torch.zeros(len(rows), width, device=self.backend.device)
+        order = sorted(range(len(rows)), key=lambda r: -len(rows[r][1]))
+        for chunk in [order] if lockstep else _length_chunks(order, [len(rows[r][1]) for r in order]):
+            logprobs = self._continue_rows(state, [rows[r] for r in chunk], ctx_pad)
+            out[chunk, : logprobs.shape[1]] = logprobs
+        return out
+
+    def _continue_rows(self, state: object, rows: list[tuple[int, tuple[int, ...]]], ctx_pad: Tensor) -> Tensor:
         device = self.backend.device
         width = max(max(len(cont) for _, cont in rows) - 1, 1)
         inputs = torch.zeros(len(rows), width, dtype=torch.long, device=device)
@@ -182,9 +232,33 @@ class Scorer:
             real[r, :n] = True
         index = torch.tensor([i for i, _ in rows], device=device)
         pad = torch.cat([ctx_pad[index], real], dim=1)
-        logits = self.backend.extend(state, index, inputs, pad)
+        logits, _ = self.backend.extend(state, index, inputs, pad)
         logprobs = F.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None])[..., 0]
         return torch.where(real, logprobs, 0.0)
+
+
+def _length_chunks(order: list[int], lengths: list[int], keep: float = 0.75) -> list[list[int]]:
+    """Rows sorted by falling length, split where a row is clearly shorter (under `keep`, and by more than a few
+    tokens) than the first of its chunk: the padding each chunk carries stays small."""
+    chunks: list[list[int]] = []
+    first = 0
+    for row, length in zip(order, lengths):
+        if not chunks or length < keep * first - 2:
+            chunks.append([])
+            first = length
+        chunks[-1].append(row)
+    return chunks
+
+
+def _span(group: _Group) -> int:
+    return len(group.context) + max(map(len, group.continuations))
+
+
+def _common_prefix_length(seqs: list[tuple[int, ...]]) -> int:
+    first, n = seqs[0], min(map(len, seqs))
+    for other in seqs[1:]:
+        n = next((i for i in range(n) if other[i] != first[i]), n)
+    return n
 
 
 def _left_pad(seqs: list[tuple[int, ...]], device: torch.device) -> tuple[Tensor, Tensor]:
