@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -22,9 +23,10 @@ def _downstream_config(dataset, run_dir, **eval_overrides):
                              "downstream_data": str(FIXTURES), **eval_overrides})
 
 
-def test_in_loop_metrics_are_logged_at_eval_steps_and_match_kiln_eval(tiny_dataset, tmp_path):
+def test_in_loop_metrics_are_logged_at_eval_steps_and_match_kiln_eval(tiny_dataset, tmp_path, caplog):
     run = tmp_path / "run"
-    train(_downstream_config(tiny_dataset, run))
+    with caplog.at_level(logging.INFO, logger="kiln.train"):
+        train(_downstream_config(tiny_dataset, run))
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     logged = {line["step"]: line for line in lines if "downstream_time_s" in line}
     assert sorted(logged) == [2, 4, 5]  # every 2 steps and the last
@@ -35,6 +37,12 @@ def test_in_loop_metrics_are_logged_at_eval_steps_and_match_kiln_eval(tiny_datas
             expected = {"bpb", "chance"} | ({"acc_raw", "acc_per_token", "acc_per_char"} if "_bpb_" not in task else
                                             set()) | ({"acc_uncond"} if "_rc_" in task else set())
             assert metrics == expected, task
+
+    # one progress line per evaluation, with each task's primary metric beside chance
+    said = [r.getMessage() for r in caplog.records if "downstream" in r.getMessage()]
+    assert [line.split(":")[0] for line in said] == ["step 2", "step 4", "step 5"]
+    arc = logged[4]["downstream/arc_easy_rc_0shot/acc_per_char"]
+    assert f"arc_easy_rc_0shot acc_per_char {arc:.4f} (chance 0.2500)" in said[1]
 
     assert main(["eval", str(run), "--tasks", ",".join(TASKS), "--limit", "3", "--data-dir", str(FIXTURES),
                  "--out", str(tmp_path / "eval")]) == 0

@@ -7,6 +7,7 @@ The requests are rendered once, when the run starts, so missing data fails befor
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from kiln.eval.evaluate import prepare, score_examples, summarize
 from kiln.eval.scoring import PairEncoder, Scorer
 from kiln.eval.tasks import parse_tasks
 from kiln.train.trainer import Callback, Trainer
+
+log = logging.getLogger("kiln.train")
 
 
 class DownstreamEvaluator(Callback):
@@ -36,7 +39,19 @@ class DownstreamEvaluator(Callback):
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         step = trainer.state.step
         if (self.every and step % self.every == 0) or step == trainer.cfg.trainer.steps:
-            metrics.update(self.evaluate(trainer))
+            results = self.evaluate(trainer)
+            metrics.update(results)
+            if rank() == 0:
+                log.info("step %d: %s", step, self.summary_line(results))
+
+    def summary_line(self, results: dict[str, float]) -> str:
+        """Each task's primary metric beside its chance level, e.g. "hellaswag_rc_5shot acc_per_char 0.27 (0.25)"."""
+        parts = []
+        for prepared in self.prepared:
+            task, key = prepared.task, f"downstream/{prepared.task.name}"
+            value, chance = results[f"{key}/{task.primary_metric}"], results[f"{key}/chance"]
+            parts.append(f"{task.name} {task.primary_metric} {value:.4f} (chance {chance:.4f})")
+        return "downstream " + ", ".join(parts) + f" in {results['downstream_time_s']:.1f} s"
 
     @torch.no_grad()
     def evaluate(self, trainer: Trainer) -> dict[str, float]:
