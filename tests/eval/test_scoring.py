@@ -55,32 +55,58 @@ def test_batch_size_and_token_budget_do_not_change_scores():
     assert max(abs(one[p].logprob - many[p].logprob) for p in pairs) < 1e-4
 
 
-def test_contexts_run_once_and_a_shared_few_shot_prefix_once_per_batch():
-    model, tok = tiny_model()
-    encoder = encoder_for(tok)
-    backend = KilnBackend(model)
-    context_tokens = []  # real (not pad) tokens of every forward call that runs contexts
-    prefill, extend = backend.prefill, backend.extend
+def counting_backend(model) -> tuple[KilnBackend, list[int]]:
+    """A backend that records the real (not pad) tokens of every forward call that runs contexts."""
+    backend, counted = KilnBackend(model), []
+    prefill, extend, packed = backend.prefill, backend.extend, backend.packed
 
     def counting_prefill(ids, pad, extra):
-        context_tokens.append(int(pad.sum()))
+        counted.append(int(pad.sum()))
         return prefill(ids, pad, extra)
 
     def counting_extend(state, rows, ids, pad, last_only=False):
         if last_only:  # the rest of each context after their common prefix
-            context_tokens.append(int(pad[:, -ids.shape[1]:].sum()))
+            counted.append(int(pad[:, -ids.shape[1]:].sum()))
         return extend(state, rows, ids, pad, last_only)
 
-    backend.prefill, backend.extend = counting_prefill, counting_extend
+    def counting_packed(ids, positions, mask):
+        counted.append(int((positions > 0).sum()) + len(ids))  # only a row's first token sits at position 0
+        return packed(ids, positions, mask)
+
+    backend.prefill, backend.extend, backend.packed = counting_prefill, counting_extend, counting_packed
+    return backend, counted
+
+
+def test_each_context_and_each_continuation_runs_once():
+    model, tok = tiny_model()
+    encoder = encoder_for(tok)
+    backend, counted = counting_backend(model)
+    pairs = all_pairs(prepare(parse_tasks("csqa_rc_0shot,piqa_rc_0shot,copa_rc_0shot"), limit=5, data_dir=FIXTURES),
+                      encoder)
+    scores = Scorer(backend, batch_size=4).score(pairs)
+    once = sum(len(c) for c in {p.context for p in pairs}) + sum(len(p.continuation) - 1 for p in set(pairs))
+    # the unconditional context "Answer:" (4 tokens), shared by every choice of every example, may be repeated
+    uncond = [p for p in set(pairs) if p.context == encoder.encode([("Answer:", " x")])[0].context]
+    assert len(uncond) > 20 and once <= sum(counted) <= once + len(uncond) * 4
+    for pair in pairs:
+        assert scores[pair].logprob == pytest.approx(naive_logprob(model, pair, 1024), abs=1e-4)
+
+
+def test_a_shared_few_shot_prefix_runs_once_per_batch():
+    model, tok = tiny_model()
+    encoder = encoder_for(tok)
+    backend, counted = counting_backend(model)
     prepared = prepare(parse_tasks("arc_easy_rc_5shot,csqa_rc_0shot"), limit=5, data_dir=FIXTURES)
     pairs = all_pairs(prepared, encoder)
-    scores = Scorer(backend, batch_size=4).score(pairs)
+    scores = Scorer(backend, batch_size=3).score(pairs)
     contexts = {p.context for p in pairs}
     five_shot = {encoder.encode([pair])[0].context for r in prepared[0].requests for pair in r.pairs}
     shared = len(os.path.commonprefix(list(five_shot)))
     assert len(five_shot) == 5 and shared > 200
-    # each context at most once, and the five shots once per batch of (at most 4) contexts: twice, not five times
-    assert sum(context_tokens) <= sum(map(len, contexts)) - (5 - 2) * shared
+    # each context at most once, and the five shots once per batch of (at most 3) contexts: twice, not five times
+    continuations = sum(len(p.continuation) - 1 for p in set(pairs) if p.context not in five_shot)
+    uncond = [p for p in set(pairs) if p.context == encoder.encode([("Answer:", " x")])[0].context]
+    assert sum(counted) <= sum(map(len, contexts)) - (5 - 2) * shared + continuations + len(uncond) * 4
     for pair in pairs:
         assert scores[pair].logprob == pytest.approx(naive_logprob(model, pair, 1024), abs=1e-4)
 
@@ -100,12 +126,18 @@ def test_pair_encoding_moves_trailing_spaces_and_splits_the_whole():
 def test_kiln_and_transformers_backends_agree(hf_model):
     model, tok = tiny_model()
     encoder = encoder_for(tok)
-    prepared = prepare(parse_tasks("arc_easy_rc_0shot,winogrande_rc_0shot"), limit=3, data_dir=FIXTURES)
-    kiln_scores = score_examples(prepared, encoder, Scorer(KilnBackend(model)))
-    hf_scores = score_examples(prepared, encoder, Scorer(load_backend(hf_model, "cpu", torch.float32, hf=True)))
+    # packed rows (0-shot), a shared few-shot prefix through the cache (5-shot) and MC's single tokens
+    prepared = prepare(parse_tasks("arc_easy_rc_0shot,winogrande_rc_0shot,arc_easy_rc_5shot,piqa_mc_5shot"), limit=3,
+                       data_dir=FIXTURES)
+    kiln_scores = score_examples(prepared, encoder, Scorer(KilnBackend(model), batch_size=2))
+    hf_scores = score_examples(prepared, encoder, Scorer(load_backend(hf_model, "cpu", torch.float32, hf=True),
+                                                         batch_size=2))
     for a, b in zip(kiln_scores, hf_scores):
         for ea, eb in zip(a, b):
             assert ea["logprobs"] == pytest.approx(eb["logprobs"], abs=1e-4)
+            assert (ea["uncond_logprobs"] is None) == (eb["uncond_logprobs"] is None)
+            if ea["uncond_logprobs"] is not None:
+                assert ea["uncond_logprobs"] == pytest.approx(eb["uncond_logprobs"], abs=1e-4)
 
 
 @pytest.mark.slow

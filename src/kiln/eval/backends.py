@@ -32,6 +32,10 @@ class KilnBackend(Backend):
         return logits[:, -1], cache
 
     @torch.no_grad()
+    def packed(self, ids: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
+        return self.model(ids, positions=positions, attn_mask=mask)
+
+    @torch.no_grad()
     def extend(self, state: KVCache, rows: Tensor, ids: Tensor, pad: Tensor,
                last_only: bool = False) -> tuple[Tensor, KVCache]:
         cache = state.select(rows)
@@ -57,6 +61,13 @@ class HFBackend(Backend):
                          logits_to_keep=1)
         cache = getattr(out, "cache", None) or out.past_key_values
         return out.logits[:, -1], cache
+
+    @torch.no_grad()
+    def packed(self, ids: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
+        """transformers takes a 4D mask as given (its "custom 4D attention mask"), as additive float."""
+        additive = torch.zeros(mask.shape, dtype=self.model.dtype, device=mask.device)
+        additive.masked_fill_(~mask, torch.finfo(self.model.dtype).min)
+        return self.model(input_ids=ids, attention_mask=additive, position_ids=positions).logits
 
     @torch.no_grad()
     def extend(self, state, rows: Tensor, ids: Tensor, pad: Tensor, last_only: bool = False) -> tuple[Tensor, object]:

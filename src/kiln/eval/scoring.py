@@ -4,12 +4,15 @@ Tokenisation follows lm-evaluation-harness (`_encode_pair`, which oe-eval inheri
 context move to the continuation, the pair is encoded whole and split after the context's own tokens. A prefix
 token (the document separator the model was trained with) goes first, as OLMo's evaluator prepends BOS.
 
-Speed: pairs are grouped by context and contexts sorted by length; a batch runs its left-padded contexts once with
-a KV cache (only the last position's logits are kept), then every continuation of every context in one more call
-from copies of that cache. Single-token continuations (MC's " A") need no second call at all. Contexts that begin
-alike (a task's fixed few-shot examples, the two halves of a Winogrande sentence) are batched together, and their
-common token prefix runs once per batch: the rest of each context continues from copies of its cache, left-padded
-so that the pad sits between prefix and rest (positions come from the pad mask, so they stay exact).
+Speed: pairs are grouped by context, so a context runs through the model once for all its continuations, in one
+of two ways. Contexts that begin alike (a task's fixed few-shot examples, the two halves of a Winogrande sentence)
+are batched together and take the KV-cache path: their common token prefix runs once per batch, the rest of each
+context continues from copies of that cache (left-padded, so the pad sits between prefix and rest; positions come
+from the pad mask and stay exact), and every continuation continues from copies of that, in chunks of similar
+length. Other contexts run packed: one row holds the context and then all its continuations, each seeing the
+context and itself but not the others, with positions restarting after the context; rows are sorted by length.
+Single-token continuations (MC's " A") add no tokens at all. Ranks of a sharded model always take the cache path,
+whose number of forward calls per batch is fixed.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 MAX_CONTINUATIONS_PER_GROUP = 64  # the shared unconditional context "Answer:" would otherwise gather thousands
+CONTINUATION_TOKENS_PER_CONTEXT_TOKEN, MIN_CONTINUATION_TOKENS = 4, 128  # see `_split`
 SHARED_PREFIX = 32  # contexts whose first this many tokens agree are batched together and share their prefix
 
 
@@ -86,6 +90,11 @@ class Backend:
         """Last-position logits (B, V) of left-padded `ids` and a cache with room for `extra` more tokens."""
         raise NotImplementedError
 
+    def packed(self, ids: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
+        """Logits (B, T, V) of rows that each hold a prompt and its continuations, with explicit positions and a
+        boolean (B, 1, T, T) attention mask."""
+        raise NotImplementedError
+
     def extend(self, state: object, rows: Tensor, ids: Tensor, pad: Tensor,
                last_only: bool = False) -> tuple[Tensor, object]:
         """Logits (N, T, V) of `ids` continuing prompt `rows[i]` (`pad` covers prompt + new tokens) and the cache
@@ -108,7 +117,7 @@ class Scorer:
         With `sync` (ranks of a sharded model: it returns the most batches any rank has), every batch makes exactly
         three forward calls and ranks with fewer batches make empty ones, so all ranks call forward equally often.
         """
-        batches = list(self._batches(self._groups(set(pairs))))
+        batches = list(self._batches(self._groups(set(pairs)), packing=sync is None))
         most = sync(len(batches)) if sync else len(batches)  # agreed before any forward call
         results: dict[Encoded, Score] = {}
         for batch in batches:
@@ -145,27 +154,27 @@ class Scorer:
                                      pair.context))
             else:
                 by_context.setdefault(pair.context, []).append(pair.continuation)
-        groups += [
-            _Group(ctx, conts[i:i + MAX_CONTINUATIONS_PER_GROUP], ctx)
-            for ctx, conts in by_context.items() for i in range(0, len(conts), MAX_CONTINUATIONS_PER_GROUP)
-        ]
+        groups += [_Group(ctx, part, ctx) for ctx, conts in by_context.items() for part in _split(ctx, conts)]
         return groups
 
-    def _batches(self, groups: list[_Group]) -> Iterable[list[_Group]]:
-        """Length-sorted batches; groups whose contexts begin alike are batched only with each other."""
+    def _batches(self, groups: list[_Group], packing: bool = True) -> Iterable[list[_Group]]:
+        """Length-sorted batches; groups whose contexts begin alike are batched only with each other. The others
+        are sorted by the length of their packed row (context and all continuations) when they will run packed."""
         alike: dict[tuple[int, ...], list[_Group]] = {}
         for group in groups:
             alike.setdefault(group.context[:SHARED_PREFIX], []).append(group)
         loners = [g for key, gs in alike.items() if len(gs) == 1 or len(key) < SHARED_PREFIX for g in gs]
-        families = [gs for key, gs in alike.items() if len(gs) > 1 and len(key) == SHARED_PREFIX]
-        for family in [*families, loners]:
-            yield from self._length_sorted_batches(family)
+        for family in (gs for key, gs in alike.items() if len(gs) > 1 and len(key) == SHARED_PREFIX):
+            yield from self._length_sorted_batches(family, _span)
+        yield from self._length_sorted_batches(loners, _packed_length if packing else _span)
 
-    def _length_sorted_batches(self, groups: list[_Group]) -> Iterable[list[_Group]]:
+    def _length_sorted_batches(self, groups: list[_Group], size: Callable[[_Group], int]) -> Iterable[list[_Group]]:
+        """At most `batch_size` groups, and rows x the longest `size` within the token budget."""
         batch: list[_Group] = []
-        for group in sorted(groups, key=lambda g: -_span(g)):
-            rows = sum(len(g.continuations) for g in batch) + len(group.continuations)
-            if batch and (len(batch) >= self.batch_size or rows * _span(batch[0]) > self.token_budget):
+        for group in sorted(groups, key=lambda g: -size(g)):
+            rows = sum(len(g.continuations) for g in batch) + len(group.continuations) if size is _span else \
+                len(batch) + 1
+            if batch and (len(batch) >= self.batch_size or rows * size(batch[0]) > self.token_budget):
                 yield batch
                 batch = []
             batch.append(group)
@@ -173,6 +182,43 @@ class Scorer:
             yield batch
 
     def _score_batch(self, batch: list[_Group], lockstep: bool = False) -> dict[Encoded, Score]:
+        """Contexts that share a long prefix run through the KV cache (the prefix once); others run packed, each
+        context followed by all its continuations in one row. Sharded ranks always take the cache path."""
+        contexts = [g.context for g in batch]
+        if lockstep or (len(batch) > 1 and _common_prefix_length(contexts) >= SHARED_PREFIX):
+            return self._score_cached(batch, lockstep)
+        return self._score_packed(batch)
+
+    def _score_packed(self, batch: list[_Group]) -> dict[Encoded, Score]:
+        rows = [_pack(g) for g in batch]
+        width = max(len(ids) for ids, _, _ in rows)
+        device = self.backend.device
+        ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        positions = torch.zeros_like(ids)
+        segments = torch.full_like(ids, -1)  # 0: context, j: continuation j, -1: padding
+        for r, (row_ids, row_positions, row_segments) in enumerate(rows):
+            n = len(row_ids)
+            ids[r, :n], positions[r, :n] = torch.tensor(row_ids), torch.tensor(row_positions)
+            segments[r, :n] = torch.tensor(row_segments)
+        logits = self.backend.packed(ids, positions, _packed_mask(segments))
+        where, targets, owners, keys = [], [], [], []  # per scored token: (row, position), its target, its pair
+        for r, group in enumerate(batch):
+            start = len(group.context)
+            for cont in group.continuations:
+                # the context's last position predicts the first token; the continuation's own tokens the rest
+                where += [(r, len(group.context) - 1)] + [(r, start + t) for t in range(len(cont) - 1)]
+                start += len(cont) - 1
+                targets += cont
+                owners += [len(keys)] * len(cont)
+                keys.append((Encoded(group.original, cont), group.context != group.original))
+        index = torch.tensor(where, device=device)
+        picked = F.log_softmax(logits[index[:, 0], index[:, 1]].float(), dim=-1)
+        scored = picked.gather(-1, torch.tensor(targets, device=device)[:, None])[:, 0]
+        sums = torch.zeros(len(keys), dtype=torch.float64, device=device)
+        sums.index_add_(0, torch.tensor(owners, device=device), scored.double())
+        return {pair: Score(value, len(pair.continuation), cut) for (pair, cut), value in zip(keys, sums.tolist())}
+
+    def _score_cached(self, batch: list[_Group], lockstep: bool = False) -> dict[Encoded, Score]:
         longest_cont = max(len(c) for g in batch for c in g.continuations)
         last_logits, state, pad = self._run_contexts([g.context for g in batch], max(longest_cont - 1, 1), lockstep)
         first = F.log_softmax(last_logits.float(), dim=-1)
@@ -250,8 +296,47 @@ def _length_chunks(order: list[int], lengths: list[int], keep: float = 0.75) -> 
     return chunks
 
 
+def _pack(group: _Group) -> tuple[list[int], list[int], list[int]]:
+    """A context and, after it, every continuation but its last token: ids, positions and segments."""
+    ids, n = list(group.context), len(group.context)
+    positions, segments = list(range(n)), [0] * n
+    for j, cont in enumerate(group.continuations, 1):
+        ids += cont[:-1]
+        positions += range(n, n + len(cont) - 1)
+        segments += [j] * (len(cont) - 1)
+    return ids, positions, segments
+
+
+def _packed_mask(segments: Tensor) -> Tensor:
+    """(B, 1, T, T): a token sees earlier tokens of the context and of its own segment; each sees itself."""
+    T = segments.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+    key, query = segments[:, None, :], segments[:, :, None]
+    visible = causal & (key != -1) & ((key == 0) | (key == query))
+    return (visible | torch.eye(T, dtype=torch.bool, device=segments.device))[:, None]
+
+
+def _split(context: tuple[int, ...], continuations: list[tuple[int, ...]]) -> list[list[tuple[int, ...]]]:
+    """A context's continuations in parts small enough for one packed row: attention cost grows with the square
+    of a row, so a short context shared by hundreds of continuations (PMI's "Answer:") is repeated instead."""
+    budget = max(CONTINUATION_TOKENS_PER_CONTEXT_TOKEN * len(context), MIN_CONTINUATION_TOKENS)
+    parts: list[list[tuple[int, ...]]] = [[]]
+    used = 0
+    for cont in continuations:
+        if parts[-1] and (used + len(cont) > budget or len(parts[-1]) >= MAX_CONTINUATIONS_PER_GROUP):
+            parts.append([])
+            used = 0
+        parts[-1].append(cont)
+        used += len(cont)
+    return parts
+
+
 def _span(group: _Group) -> int:
     return len(group.context) + max(map(len, group.continuations))
+
+
+def _packed_length(group: _Group) -> int:
+    return len(group.context) + sum(len(c) - 1 for c in group.continuations)
 
 
 def _common_prefix_length(seqs: list[tuple[int, ...]]) -> int:
