@@ -1,7 +1,8 @@
 """Downstream task metrics during training (`eval.downstream`), logged as `downstream/{task}/{metric}`.
 
-Every rank scores its share of the examples with the wrapped model; each batch makes the same forward calls on
-every rank (ranks that ran out make empty ones), because a sharded model gathers its weights in every forward.
+Every rank scores its share of the examples with the wrapped model; with several ranks, each batch makes the same
+forward calls on every rank (ranks that ran out make empty ones), because a sharded model gathers its weights in
+every forward. One process scores as `kiln eval` does.
 The requests are rendered once, when the run starts, so missing data fails before the first step.
 """
 
@@ -61,9 +62,9 @@ class DownstreamEvaluator(Callback):
         trainer.model.eval()
         try:
             with trainer.autocast():
+                sync = (lambda n: int(max_across_ranks([n], trainer.device)[0])) if world_size() > 1 else None
                 mine = score_examples(self.prepared, self.encoder, Scorer(backend, self.batch_size),
-                                      shard=(rank(), world_size()),
-                                      sync=lambda n: int(max_across_ranks([n], trainer.device)[0]))
+                                      shard=(rank(), world_size()), sync=sync)
         finally:
             trainer.model.train()
         gathered = gather_objects(mine)
