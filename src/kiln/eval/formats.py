@@ -133,12 +133,12 @@ def _hellaswag_clean(text: str) -> str:
 
 
 def hellaswag(row: dict) -> Doc:
-    """HellaSwag: "<activity>: <ctx_a> <Ctx_b>" cleaned; MC adds "Choose the best continuation:" (OLMES). Endings
-    keep the leading space a removed "[step]" tag leaves, exactly as oe-eval renders them."""
+    """HellaSwag: "<activity>: <ctx_a> <Ctx_b>" cleaned; MC adds "Choose the best continuation:" (OLMES). RC
+    endings keep the leading space a removed "[step]" tag leaves; MC options are stripped, as oe-eval renders them."""
     raw = row["activity_label"] + ": " + row["ctx_a"] + " " + row["ctx_b"].capitalize()
     choices = [_hellaswag_clean(ending) for ending in row["endings"]]
     return Doc(str(row["ind"]), _hellaswag_clean(raw).strip(), choices, int(row["label"]),
-               mc_query(_hellaswag_clean(raw) + "\nChoose the best continuation:", choices))
+               mc_query(_hellaswag_clean(raw) + "\nChoose the best continuation:", [c.strip() for c in choices]))
 
 
 def winogrande(row: dict, index: int) -> Doc:
