@@ -24,7 +24,13 @@ def _eval(model, out, *extra: str) -> int:
 
 def test_results_json_table_and_per_example_lines_agree(saved_model, tmp_path, capsys):
     assert _eval(saved_model, tmp_path / "eval", "--per-example", "--batch-size", "3") == 0
-    printed = capsys.readouterr().out
+    printed, said = capsys.readouterr()
+    # stderr is no terminal here: progress comes as a line per tenth, ending with every pair scored
+    progress = [line for line in said.splitlines() if line.startswith("kiln eval: ")]
+    percents = [int(line.split()[2].rstrip("%")) for line in progress]
+    assert percents == sorted(set(percents)) and percents[-1] == 100 and len(percents) >= 3
+    done, total = progress[-1].split("(")[1].split()[0].split("/")
+    assert done == total
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     lines = [json.loads(line) for line in (tmp_path / "eval" / "per_example.jsonl").read_text().splitlines()]
 

@@ -71,9 +71,13 @@ def evaluate_model(args: argparse.Namespace, tasks: list) -> tuple[list, dict]:
     dtype = resolve_dtype(args.dtype, args.device)
     loaded = load_model(args.model, args.device, dtype, args.hf)
     prepared = prepare(tasks, args.limit, args.data_dir)
-    with tqdm(total=count_pairs(prepared), unit="pair", desc="kiln eval", file=sys.stderr,
-              disable=None) as bar:
-        examples = score_examples(prepared, loaded.encoder, Scorer(loaded.backend, args.batch_size), bar.update)
+    total = count_pairs(prepared)
+    if sys.stderr.isatty():
+        with tqdm(total=total, unit="pair", desc="kiln eval", file=sys.stderr) as bar:
+            examples = score_examples(prepared, loaded.encoder, Scorer(loaded.backend, args.batch_size), bar.update)
+    else:  # a log file gets a line at every tenth instead of a bar
+        examples = score_examples(prepared, loaded.encoder, Scorer(loaded.backend, args.batch_size),
+                                  ProgressLines(total))
     results = [summarize(p, ex, loaded.vocab_size) for p, ex in zip(prepared, examples)]
     meta = {
         "model": {"path": str(Path(args.model).resolve()), "fingerprint": loaded.fingerprint, "runs_on": loaded.kind,
@@ -83,6 +87,21 @@ def evaluate_model(args: argparse.Namespace, tasks: list) -> tuple[list, dict]:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     return results, meta
+
+
+class ProgressLines:
+    """`progress(n)` for a log: "kiln eval: 30% (1,200/4,000 pairs, 12 s)" each time another tenth is done."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.said, self.start = max(total, 1), 0, 0, time.perf_counter()
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        tenth = min(10, self.done * 10 // self.total)
+        if tenth > self.said:
+            self.said = tenth
+            print(f"kiln eval: {tenth * 10}% ({self.done:,}/{self.total:,} pairs, "
+                  f"{time.perf_counter() - self.start:.0f} s)", file=sys.stderr, flush=True)
 
 
 def write_outputs(out: Path, results: list, meta: dict, per_example: bool) -> None:

@@ -88,9 +88,9 @@ def score_examples(prepared: list[Prepared], encoder: PairEncoder, scorer: Score
 
 
 def count_pairs(prepared: list[Prepared], shard: tuple[int, int] = (0, 1)) -> int:
-    """How many (context, continuation) pairs this rank scores at most (duplicates are scored once)."""
+    """How many distinct (context, continuation) pairs this rank scores: the progress bar's total."""
     rank, world = shard
-    return sum(len(r.pairs) + len(r.uncond or []) for p in prepared for r in p.requests[rank::world])
+    return len({pair for p in prepared for r in p.requests[rank::world] for pair in r.pairs + (r.uncond or [])})
 
 
 def _encode_request(encoder: PairEncoder, request: Request) -> tuple[list[Encoded], list[Encoded] | None]:
