@@ -150,5 +150,6 @@ def print_task_list(data_dir: str | None) -> None:
         task = get_task(name)
         print(f"{name:<{width}}  {task.primary_metric:<13} {task.source}")
     print("\ndata:")
+    width = max(map(len, FAMILIES))
     for family in FAMILIES.values():
-        print(f"  {family.name:<14} {locate(family, data_dir)}")
+        print(f"  {family.name:<{width}} {locate(family, data_dir)}")
