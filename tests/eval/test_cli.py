@@ -127,3 +127,14 @@ def test_the_model_fingerprint_follows_the_weights(saved_model, tmp_path):
     other = save_model_dir(model, tmp_path / "other", tok)
     copy = save_model_dir(tiny_model()[0], tmp_path / "copy", tok)
     assert model_fingerprint(copy) == model_fingerprint(saved_model) != model_fingerprint(other)
+
+
+def test_an_exported_hf_folder_scores_like_its_kiln_checkpoint_on_either_backend(saved_model, hf_model, tmp_path):
+    assert _eval(saved_model, tmp_path / "kiln") == 0
+    assert _eval(hf_model, tmp_path / "hf") == 0
+    assert _eval(hf_model, tmp_path / "transformers", "--hf") == 0
+    runs = {name: json.loads((tmp_path / name / "results.json").read_text()) for name in ("kiln", "hf", "transformers")}
+    assert [r["model"]["runs_on"] for r in runs.values()] == ["kiln", "kiln", "transformers"]
+    for name in ("hf", "transformers"):
+        for task, result in runs["kiln"]["tasks"].items():
+            assert runs[name]["tasks"][task]["metrics"] == pytest.approx(result["metrics"], abs=1e-5), (name, task)
