@@ -1,6 +1,7 @@
 """Models the scorer can run: kiln's Transformer (kiln checkpoints and HF Olmo2 folders) and any HF causal LM.
 
-Both run a prompt once with a KV cache and continue row copies of it; they differ only in the cache API.
+Both run packed rows (explicit positions and a 4D mask), and run a prompt once with a KV cache to continue row
+copies of it; they differ only in how the model takes the mask and the cache.
 """
 
 from __future__ import annotations
