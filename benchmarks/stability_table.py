@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kiln.stability.runlog import read_run, summarize
+from kiln.experiments.runlog import read_run, summarize
 
 
 def run_figures(run_dir: Path) -> dict[str, float]:

@@ -19,7 +19,7 @@ COMMAND_MODULES = [
     "kiln.generate.commands",
     "kiln.eval.commands",
     "kiln.faults.commands",
-    "kiln.stability.commands",
+    "kiln.experiments.commands",
 ]
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from kiln.train.metrics_log import METRICS_FILE
 
 if TYPE_CHECKING:
-    from kiln.stability.sweep import Job, Outcome
+    from kiln.experiments.sweep import Job, Outcome
 
 LOG_FILE = "train.log"
 

@@ -23,15 +23,15 @@ from typing import Any
 
 from kiln.config import parse_overrides
 from kiln.errors import KilnError
-from kiln.stability.runlog import METRICS_FILE, read_run, summarize
-from kiln.stability.sweep_progress import LOG_FILE, SweepProgress
+from kiln.experiments.runlog import METRICS_FILE, read_run, summarize
+from kiln.experiments.sweep_progress import LOG_FILE, SweepProgress
 from kiln.train.config import load_config
 
 PROGRESS_MODES = ("auto", "bar", "lines")
 # seconds between looks at the running children's metrics: a terminal bar is cheap to redraw, a log line is not
 BAR_EVERY_S, LINES_EVERY_S = 1.0, 30.0
 SEED_KEY, RUN_DIR_KEY = "trainer.seed", "trainer.run_dir"
-# (summary key from kiln.stability.runlog.summarize, column heading) after name, grid keys, seed and status
+# (summary key from kiln.experiments.runlog.summarize, column heading) after name, grid keys, seed and status
 RESULT_COLUMNS = [
     ("final_val_loss", "final_val_loss"), ("spike_score_cum", "spike_score_cum"),
     ("max_grad_norm", "max_grad_norm"), ("skipped_steps", "skipped_steps"), ("final_loss", "final_train_loss"),

@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from kiln.stability.report import write_report
+    from kiln.experiments.report import write_report
 
     page = write_report(args.runs, args.out, args.smooth)
     print(f"wrote {page} and its PNGs in {page.parent}")
@@ -48,7 +48,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from kiln.stability.sweep import sweep
+    from kiln.experiments.sweep import sweep
 
     return sweep(args.base, args.grid, args.seeds, args.parallel, args.out, args.overrides, args.dry_run,
                  args.progress)

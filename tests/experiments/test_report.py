@@ -9,8 +9,8 @@ import pytest
 
 from kiln.cli import main
 from kiln.errors import KilnError
-from kiln.stability.report import plot_downstream, plot_layers, plot_loss, write_report
-from kiln.stability.runlog import read_run
+from kiln.experiments.report import plot_downstream, plot_layers, plot_loss, write_report
+from kiln.experiments.runlog import read_run
 
 from .conftest import fake_metrics, write_run
 

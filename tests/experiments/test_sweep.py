@@ -12,7 +12,7 @@ import yaml
 
 from kiln.cli import main
 from kiln.errors import KilnError
-from kiln.stability.sweep import (
+from kiln.experiments.sweep import (
     Job,
     Variation,
     parse_grid,
@@ -22,7 +22,7 @@ from kiln.stability.sweep import (
     sweep,
     write_summary,
 )
-from kiln.stability.sweep_progress import SweepProgress, last_step
+from kiln.experiments.sweep_progress import SweepProgress, last_step
 
 from .conftest import fake_metrics, write_run
 

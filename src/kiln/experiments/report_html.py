@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kiln.stability.runlog import FLAGS, FORENSICS_DIR, SUMMARY_COLUMNS, RunLog, summarize
+from kiln.experiments.runlog import FLAGS, FORENSICS_DIR, SUMMARY_COLUMNS, RunLog, summarize
 
 
 def _cell(value: Any) -> str:

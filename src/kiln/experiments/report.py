@@ -12,8 +12,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from kiln.errors import KilnError
-from kiln.stability.report_html import render_html
-from kiln.stability.runlog import LAYER_PLOTS, LINESTYLES, METRICS_FILE, RunLog, read_run, run_labels
+from kiln.experiments.report_html import render_html
+from kiln.experiments.runlog import LAYER_PLOTS, LINESTYLES, METRICS_FILE, RunLog, read_run, run_labels
 
 
 def _moving_average(values: list[float], window: int) -> list[float]:
