@@ -18,6 +18,7 @@ whose number of forward calls per batch is fixed.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -165,16 +166,17 @@ class Scorer:
             alike.setdefault(group.context[:SHARED_PREFIX], []).append(group)
         loners = [g for key, gs in alike.items() if len(gs) == 1 or len(key) < SHARED_PREFIX for g in gs]
         for family in (gs for key, gs in alike.items() if len(gs) > 1 and len(key) == SHARED_PREFIX):
-            yield from self._length_sorted_batches(family, _span)
-        yield from self._length_sorted_batches(loners, _packed_length if packing else _span)
+            yield from self._length_sorted_batches(family, _span, _cached_rows)
+        yield from self._length_sorted_batches(loners, *((_packed_length, _packed_rows) if packing else
+                                                        (_span, _cached_rows)))
 
-    def _length_sorted_batches(self, groups: list[_Group], size: Callable[[_Group], int]) -> Iterable[list[_Group]]:
-        """At most `batch_size` groups, and rows x the longest `size` within the token budget."""
+    def _length_sorted_batches(self, groups: list[_Group], size: Callable[[_Group], int],
+                               rows: Callable[[_Group], int]) -> Iterable[list[_Group]]:
+        """At most `batch_size` groups, and their rows x the longest `size` within the token budget."""
         batch: list[_Group] = []
         for group in sorted(groups, key=lambda g: -size(g)):
-            rows = sum(len(g.continuations) for g in batch) + len(group.continuations) if size is _span else \
-                len(batch) + 1
-            if batch and (len(batch) >= self.batch_size or rows * size(batch[0]) > self.token_budget):
+            n_rows = sum(map(rows, batch)) + rows(group)
+            if batch and (len(batch) >= self.batch_size or n_rows * size(batch[0]) > self.token_budget):
                 yield batch
                 batch = []
             batch.append(group)
@@ -185,8 +187,9 @@ class Scorer:
         """Contexts that share a long prefix run through the KV cache (the prefix once); others run packed, each
         context followed by all its continuations in one row. Sharded ranks always take the cache path."""
         contexts = [g.context for g in batch]
-        if lockstep or (len(batch) > 1 and _common_prefix_length(contexts) >= SHARED_PREFIX):
-            return self._score_cached(batch, lockstep)
+        shared = min(len(os.path.commonprefix(contexts)), min(map(len, contexts)) - 1)  # leave each one token
+        if lockstep or (len(batch) > 1 and shared >= SHARED_PREFIX):
+            return self._score_cached(batch, shared, lockstep)
         return self._score_packed(batch)
 
     def _score_packed(self, batch: list[_Group]) -> dict[Encoded, Score]:
@@ -218,9 +221,10 @@ class Scorer:
         sums.index_add_(0, torch.tensor(owners, device=device), scored.double())
         return {pair: Score(value, len(pair.continuation), cut) for (pair, cut), value in zip(keys, sums.tolist())}
 
-    def _score_cached(self, batch: list[_Group], lockstep: bool = False) -> dict[Encoded, Score]:
+    def _score_cached(self, batch: list[_Group], shared: int, lockstep: bool = False) -> dict[Encoded, Score]:
         longest_cont = max(len(c) for g in batch for c in g.continuations)
-        last_logits, state, pad = self._run_contexts([g.context for g in batch], max(longest_cont - 1, 1), lockstep)
+        last_logits, state, pad = self._run_contexts([g.context for g in batch], shared, max(longest_cont - 1, 1),
+                                                     lockstep)
         first = F.log_softmax(last_logits.float(), dim=-1)
         rows = [(i, cont) for i, g in enumerate(batch) for cont in g.continuations]
         rest = self._continue(state, rows, pad, lockstep) if longest_cont > 1 or lockstep else None
@@ -233,11 +237,10 @@ class Scorer:
             out[Encoded(group.original, cont)] = Score(logprob, len(cont), group.context != group.original)
         return out
 
-    def _run_contexts(self, contexts: list[tuple[int, ...]], extra: int,
+    def _run_contexts(self, contexts: list[tuple[int, ...]], shared: int, extra: int,
                       lockstep: bool) -> tuple[Tensor, object, Tensor]:
-        """Last-position logits of every context, the cache holding them, and its pad mask. A common prefix runs
-        once; in lockstep (sharded ranks) this is always two forward calls."""
-        shared = min(_common_prefix_length(contexts), min(map(len, contexts)) - 1)
+        """Last-position logits of every context, the cache holding them, and its pad mask. Their common prefix
+        (`shared` tokens) runs once; in lockstep (sharded ranks) this is always two forward calls."""
         if shared < SHARED_PREFIX and not (lockstep and shared > 0):
             ids, pad = _left_pad(contexts, self.backend.device)
             last_logits, state = self.backend.prefill(ids, pad, extra)
@@ -339,11 +342,14 @@ def _packed_length(group: _Group) -> int:
     return len(group.context) + sum(len(c) - 1 for c in group.continuations)
 
 
-def _common_prefix_length(seqs: list[tuple[int, ...]]) -> int:
-    first, n = seqs[0], min(map(len, seqs))
-    for other in seqs[1:]:
-        n = next((i for i in range(n) if other[i] != first[i]), n)
-    return n
+def _cached_rows(group: _Group) -> int:
+    """Rows a group takes on the cache path: one per continuation."""
+    return len(group.continuations)
+
+
+def _packed_rows(group: _Group) -> int:
+    """Rows a group takes packed: one."""
+    return 1
 
 
 def _left_pad(seqs: list[tuple[int, ...]], device: torch.device) -> tuple[Tensor, Tensor]:

