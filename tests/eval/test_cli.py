@@ -138,3 +138,21 @@ def test_an_exported_hf_folder_scores_like_its_kiln_checkpoint_on_either_backend
     for name in ("hf", "transformers"):
         for task, result in runs["kiln"]["tasks"].items():
             assert runs[name]["tasks"][task]["metrics"] == pytest.approx(result["metrics"], abs=1e-5), (name, task)
+
+
+def test_a_run_that_dies_while_writing_leaves_the_previous_results_whole(saved_model, tmp_path, monkeypatch):
+    assert _eval(saved_model, tmp_path / "eval") == 0
+    before = (tmp_path / "eval" / "results.json").read_bytes()
+
+    def dies_midway(tmp, *args, **kwargs):  # the process is killed after half of the file reached the disk
+        raise SystemExit(137)
+
+    from kiln.faults import manifest
+
+    original_replace = manifest.os.replace
+    monkeypatch.setattr(manifest.os, "replace", dies_midway)
+    with pytest.raises(SystemExit):
+        _eval(saved_model, tmp_path / "eval", "--limit", "2", "--per-example")
+    monkeypatch.setattr(manifest.os, "replace", original_replace)
+    assert (tmp_path / "eval" / "results.json").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["results.json"]  # no torn or temporary file

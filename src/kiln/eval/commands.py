@@ -105,15 +105,17 @@ class ProgressLines:
 
 
 def write_outputs(out: Path, results: list, meta: dict, per_example: bool) -> None:
-    """results.json (and per_example.jsonl): every metric, n, chance, primary metric, fingerprints, wall time."""
+    """results.json (and per_example.jsonl): every metric, n, chance, primary metric, fingerprints, wall time.
+    Each file is written whole or not at all, results.json last, so a killed run leaves the previous files."""
+    from kiln.faults.manifest import atomic_write_bytes
+
     out.mkdir(parents=True, exist_ok=True)
-    payload = {**meta, "tasks": {r.task.name: r.summary() for r in results}}
-    (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
     if per_example:
-        with open(out / "per_example.jsonl", "w", encoding="utf-8") as f:
-            for result in results:
-                for ex in result.examples:
-                    f.write(json.dumps({"task": result.task.name, **_example_line(ex)}, ensure_ascii=False) + "\n")
+        lines = [json.dumps({"task": r.task.name, **_example_line(ex)}, ensure_ascii=False) + "\n"
+                 for r in results for ex in r.examples]
+        atomic_write_bytes(out / "per_example.jsonl", "".join(lines).encode("utf-8"))
+    payload = {**meta, "tasks": {r.task.name: r.summary() for r in results}}
+    atomic_write_bytes(out / "results.json", (json.dumps(payload, indent=2) + "\n").encode("utf-8"))
 
 
 def _example_line(ex: dict) -> dict:
