@@ -161,3 +161,18 @@ def test_rollback_on_two_ranks_moves_the_discarded_timeline_aside(tiny_dataset, 
         assert moved == {"metrics.jsonl", "step000003", "step000004"}
     kept = {p.name for p in run_dir.glob("step*")}  # the last async save may still be in flight at the stop
     assert {f"step{s:06d}" for s in range(1, 4)} <= kept <= {f"step{s:06d}" for s in range(1, 5)}
+
+
+def test_mup_under_fsdp_matches_one_process_and_resumes(tiny_dataset, tmp_path):
+    """muP away from its base width (m = 2): its extra optimizer group (LR / m) shards, saves and resumes like any."""
+    configs = {}
+    for name, micro, strategy in (("single", 4, {}), ("fsdp", 2, {"strategy": "fsdp"})):
+        configs[name] = _config(tiny_dataset, tmp_path / name, micro=micro, **strategy)
+        configs[name]["model"].update(d_model=64, d_ff=128, parametrization="mup", mup_base_d_model=32)
+    train(load_config(None, configs["single"]))
+    run_ranks(TRAIN, {"config": configs["fsdp"]})
+    _assert_same_training(tmp_path / "single", tmp_path / "fsdp")
+    _resume_copy(tmp_path / "fsdp", tmp_path / "resumed")
+    resumed = {**configs["single"], "trainer": {**configs["single"]["trainer"], "run_dir": str(tmp_path / "resumed")}}
+    assert train(load_config(None, resumed)).resumed_from.name == "step000003"
+    _assert_same_training(tmp_path / "single", tmp_path / "resumed")

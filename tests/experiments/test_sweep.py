@@ -66,6 +66,20 @@ def test_grid_values_keep_lists_whole_and_bad_grids_are_refused():
         parse_grid(["optim.lr=1", "optim.lr=2"])
 
 
+def test_linked_keys_move_together(base, tmp_path):
+    grid = parse_grid(["model.d_model:model.d_ff=64:256,128:512", "optim.lr=1e-3,2e-3"])
+    plan = plan_sweep(grid, seeds=1)
+    assert len(plan) == 4  # 2 linked pairs x 2 LRs, not 2 x 2 x 2
+    assert plan[0].overrides() == ["--model.d_model=64", "--model.d_ff=256", "--optim.lr=1e-3", "--trainer.seed=0"]
+    assert plan[2].overrides()[:2] == ["--model.d_model=128", "--model.d_ff=512"]
+    with pytest.raises(KilnError, match="links 2 keys.*'64'"):
+        parse_grid(["model.d_model:model.d_ff=64,128:512"])
+    with pytest.raises(KilnError, match="--seeds"):
+        parse_grid(["optim.lr:trainer.seed=1:2"])
+    with pytest.raises(KilnError, match="also set model.d_ff"):
+        sweep(base, ["model.d_model:model.d_ff=64:256"], out=tmp_path / "s", extra=["--model.d_ff=128"])
+
+
 def test_a_misspelt_key_or_bad_value_fails_before_anything_runs(base, tmp_path):
     out = tmp_path / "sweep"
     with pytest.raises(KilnError, match=r"optim\.lrr.*did you mean optim\.lr\?"):

@@ -23,6 +23,10 @@ PARITY_CONFIGS = {
     "gqa-tied": dict(n_kv_heads=2, tie_embeddings=True),
     "mqa-untied-odd-vocab": dict(n_kv_heads=1, vocab_size=130, n_layers=3, rope_theta=500_000.0),
     "gqa-nonaffine-norms": dict(n_kv_heads=2, norm_affine=False, norm_eps=1e-5),
+    # export folds muP's logit and attention multipliers into the weights (untying, and adding norm gains to hold them)
+    "mup-untied": dict(parametrization="mup", mup_base_d_model=16),
+    "mup-gqa-tied-nonaffine": dict(n_kv_heads=2, tie_embeddings=True, norm_affine=False, parametrization="mup",
+                                   mup_base_d_model=24, mup_output_mult=2.0),
 }
 
 

@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "an interrupted sweep continues it.")
     s.add_argument("base", metavar="BASE.yaml", help="the recipe every variation starts from")
     s.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2",
-                   help="a config key and its values, e.g. optim.lr=1e-3,3e-3; repeat for a product of several keys")
+                   help="a config key and its values, e.g. optim.lr=1e-3,3e-3; repeat for a product of several keys; "
+                   "keys joined by ':' move together: model.d_model:model.d_ff=64:256,128:512")
     s.add_argument("--seeds", type=int, default=1, metavar="N",
                    help="seeds per grid point, counting up from the recipe's trainer.seed (default 1)")
     s.add_argument("--parallel", type=int, default=1, metavar="N",

@@ -31,6 +31,7 @@ PROGRESS_MODES = ("auto", "bar", "lines")
 # seconds between looks at the running children's metrics: a terminal bar is cheap to redraw, a log line is not
 BAR_EVERY_S, LINES_EVERY_S = 1.0, 30.0
 SEED_KEY, RUN_DIR_KEY = "trainer.seed", "trainer.run_dir"
+LINK = ":"  # `--grid model.d_model:model.d_ff=64:256,128:512` moves two keys together
 # (summary key from kiln.experiments.runlog.summarize, column heading) after name, grid keys, seed and status
 RESULT_COLUMNS = [
     ("final_val_loss", "final_val_loss"), ("spike_score_cum", "spike_score_cum"),
@@ -47,7 +48,8 @@ class Variation:
     seed: int
 
     def overrides(self) -> list[str]:
-        return [f"--{key}={value}" for key, value in self.values.items()] + [f"--{SEED_KEY}={self.seed}"]
+        pairs = [pair for key, value in self.values.items() for pair in zip(key.split(LINK), value.split(LINK))]
+        return [f"--{key}={value}" for key, value in pairs] + [f"--{SEED_KEY}={self.seed}"]
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,16 @@ def split_values(text: str) -> list[str]:
     return values
 
 
+def grid_config_keys(grid: dict[str, list[str]]) -> set[str]:
+    """The config keys a grid sets, linked keys (`a:b`) counted one by one."""
+    return {part for key in grid for part in key.split(LINK)}
+
+
 def parse_grid(specs: list[str]) -> dict[str, list[str]]:
-    """`["optim.lr=1e-3,3e-3", ...]` -> {"optim.lr": ["1e-3", "3e-3"], ...}, in the order given."""
+    """`["optim.lr=1e-3,3e-3", ...]` -> {"optim.lr": ["1e-3", "3e-3"], ...}, in the order given.
+
+    Linked keys move together, value by value: `model.d_model:model.d_ff=64:256,128:512` is two variations.
+    """
     grid: dict[str, list[str]] = {}
     for spec in specs:
         key, sep, text = spec.partition("=")
@@ -94,7 +104,12 @@ def parse_grid(specs: list[str]) -> dict[str, list[str]]:
             raise KilnError(f"--grid {spec!r} must look like section.key=value1,value2")
         if key in grid:
             raise KilnError(f"--grid names {key} twice; give all its values in one --grid {key}=v1,v2")
-        if key in (SEED_KEY, RUN_DIR_KEY):
+        parts = key.split(LINK)
+        for value in values:
+            if len(value.split(LINK)) != len(parts):
+                raise KilnError(f"--grid {key} links {len(parts)} keys, so each value needs {len(parts)} parts "
+                                f"joined by {LINK!r}; got {value!r}")
+        if {SEED_KEY, RUN_DIR_KEY} & set(parts):
             raise KilnError(f"--grid cannot set {key}: the sweep sets it (use --seeds N for several seeds, counting up "
                             f"from the recipe's {SEED_KEY})")
         if len(set(values)) != len(values):
@@ -146,7 +161,7 @@ def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> set[str]:
 
 def check_extra(extra: list[str], grid: dict[str, list[str]]) -> None:
     """Extra overrides apply to every variation; they may not fight the grid or move the run folders."""
-    clash = sorted(_dotted_keys(parse_overrides(extra)) & ({RUN_DIR_KEY} | set(grid)))
+    clash = sorted(_dotted_keys(parse_overrides(extra)) & ({RUN_DIR_KEY} | grid_config_keys(grid)))
     if clash:
         raise KilnError(f"the overrides given beside --grid also set {', '.join(clash)}, which the sweep sets for "
                         "each variation; remove them")

@@ -34,6 +34,7 @@ from kiln.checkpoint import (
 )
 from kiln.errors import KilnError
 from kiln.model.config import VOCAB_MULTIPLE, ModelConfig
+from kiln.model.mup import to_standard
 from kiln.model.transformer import Transformer
 
 HF_CONFIG_FILE = "config.json"
@@ -241,22 +242,25 @@ def _drop_unit_norms(hf: dict[str, torch.Tensor], norms: list[str]) -> dict[str,
 
 
 def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Write a kiln checkpoint as a Hugging Face Olmo2 directory (configs, weights, tokenizer when present)."""
+    """Write a kiln checkpoint as a Hugging Face Olmo2 directory (configs, weights, tokenizer when present).
+
+    A muP model is written as the standard model that computes the same logits (kiln.model.mup.to_standard).
+    """
     model_dir = resolve_model_dir(checkpoint)
     model = load_model_dir(model_dir)
     tokenizer = load_checkpoint_tokenizer(model_dir)
     eos_id = special_token_id(tokenizer, "eos") if tokenizer else None
     pad_id = special_token_id(tokenizer, "pad") if tokenizer else None
-    state = model.state_dict()
-    hf_config = config_to_hf(model.cfg, state["embed.weight"].dtype, eos_id, pad_id)
+    cfg, state = to_standard(model.cfg, model.state_dict())  # muP's multipliers folded into the weights
+    hf_config = config_to_hf(cfg, state["embed.weight"].dtype, eos_id, pad_id)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_weights(state_to_hf(model.cfg, state), out / HF_WEIGHTS_FILE)
+    save_weights(state_to_hf(cfg, state), out / HF_WEIGHTS_FILE)
     (out / HF_CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
-    (out / KILN_CONFIG_FILE).write_text(json.dumps(model.cfg.to_dict(), indent=2) + "\n")
+    (out / KILN_CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     if tokenizer is not None:
         shutil.copyfile(model_dir / TOKENIZER_FILE, out / TOKENIZER_FILE)
-        (out / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(tokenizer, model.cfg), indent=2))
+        (out / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(tokenizer, cfg), indent=2))
     return out
 
 

@@ -18,6 +18,7 @@ BlockLayout = Literal["reordered", "prenorm"]
 QKNorm = Literal["none", "full", "per_head"]
 MLPKind = Literal["swiglu", "gelu", "relu"]
 InitScheme = Literal["normal", "mitchell", "scaled_embed"]
+Parametrization = Literal["standard", "mup"]
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "norm": ("rmsnorm", "layernorm"),
@@ -25,6 +26,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "qk_norm": ("none", "full", "per_head"),
     "mlp": ("swiglu", "gelu", "relu"),
     "init": ("normal", "mitchell", "scaled_embed"),
+    "parametrization": ("standard", "mup"),
 }
 
 VOCAB_MULTIPLE = 128
@@ -58,6 +60,9 @@ class ModelConfig:
     tie_embeddings: bool = False  # the output head shares the embedding matrix
     init: InitScheme = "normal"  # weight initialisation (the table in kiln.model.init)
     init_std: float = 0.02  # std of the normal init
+    parametrization: Parametrization = "standard"  # mup: hyperparameters tuned at one width transfer (kiln.model.mup)
+    mup_base_d_model: int | None = None  # muP's base width, where muP equals standard; required with mup
+    mup_output_mult: float = 1.0  # muP: logits are multiplied by this / width_mult
 
     def __post_init__(self) -> None:
         self.validate()
@@ -69,6 +74,23 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def width_mult(self) -> float:
+        """muP's m = d_model / mup_base_d_model; 1 under standard parametrization."""
+        return self.d_model / self.mup_base_d_model if self.parametrization == "mup" else 1.0
+
+    @property
+    def attention_scale(self) -> float:
+        """Multiplier of q.k: 1/sqrt(D), or muP's sqrt(D_base)/D with D_base = D / m (equal at the base width)."""
+        if self.parametrization == "mup":
+            return (self.head_dim / self.width_mult) ** 0.5 / self.head_dim
+        return self.head_dim**-0.5
+
+    @property
+    def output_mult(self) -> float:
+        """Multiplier of the logits: muP's mup_output_mult / m; 1 under standard parametrization."""
+        return self.mup_output_mult / self.width_mult if self.parametrization == "mup" else 1.0
 
     @property
     def padded_vocab_size(self) -> int:
@@ -99,6 +121,18 @@ class ModelConfig:
                               "untie the embeddings or use init normal or mitchell")
         if self.clip_qkv is not None and self.clip_qkv <= 0:
             raise ConfigError(f"model.clip_qkv must be positive or null, got {self.clip_qkv}")
+        self._validate_mup()
+
+    def _validate_mup(self) -> None:
+        if self.parametrization != "mup":
+            return
+        if self.mup_base_d_model is None:
+            raise ConfigError("model.parametrization=mup needs model.mup_base_d_model: the width whose hyperparameters "
+                              f"were tuned (muP equals standard there), e.g. {self.d_model} for this model itself")
+        if self.mup_base_d_model <= 0:
+            raise ConfigError(f"model.mup_base_d_model must be positive, got {self.mup_base_d_model}")
+        if self.mup_output_mult <= 0:
+            raise ConfigError(f"model.mup_output_mult must be positive, got {self.mup_output_mult}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -138,6 +138,7 @@ class Attention(nn.Module):
         self.cfg = cfg
         hd = cfg.head_dim
         self.q_dim, self.kv_dim = cfg.n_heads * hd, cfg.kv_heads * hd
+        self.scale = cfg.attention_scale if cfg.parametrization == "mup" else None  # None: SDPA's 1/sqrt(D)
         self.qkv = nn.Linear(cfg.d_model, self.q_dim + 2 * self.kv_dim, bias=cfg.bias)
         self.out = nn.Linear(self.q_dim, cfg.d_model, bias=cfg.bias)
         self.q_norm = self.k_norm = None
@@ -167,7 +168,7 @@ class Attention(nn.Module):
             k, v = cache.update(layer, k, v)  # (B, K, S, D)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None,  # None only when start == 0, so S == T
-            enable_gqa=cfg.kv_heads != cfg.n_heads,
+            scale=self.scale, enable_gqa=cfg.kv_heads != cfg.n_heads,
         )  # (B, H, T, D)
         return self.out(y.transpose(1, 2).reshape(B, T, self.q_dim))
 
@@ -266,6 +267,8 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.length += T
         x = self.norm(x[:, -1:] if last_only else x)
+        if self.cfg.output_mult != 1.0:  # muP's readout multiplier, applied to the (smaller) input of the head
+            x = x * self.cfg.output_mult
         return self.head(x) if self.head is not None else F.linear(x, self.embed.weight)
 
     @staticmethod

@@ -2,7 +2,7 @@
 
 Keys: `layer/{i}/grad_norm`, `layer/{i}/weight_norm`, `layer/{i}/update_ratio` (||W_after - W_before|| / ||W_before||
 of the step), `layer/{i}/act_rms` and `layer/{i}/act_max` (the block's output), `layer/{i}/attn_logit_max` (largest
-allowed pre-softmax score q.k/sqrt(D)), and `output_logit_max`.
+allowed pre-softmax score q.k/sqrt(D), or q.k times muP's attention scale), and `output_logit_max`.
 
 Every value covers the whole global batch and the whole model, whatever the strategy: norms sum the squares of
 FSDP's shards over the mesh (as gradient clipping does), activation statistics cover every micro-batch of every
@@ -84,12 +84,13 @@ def _causal(start: int, end: int, device: torch.device) -> Tensor:
 def attention_logit_max(attn: nn.Module, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None) -> float:
     """The largest pre-softmax score that attention allows (causal, or `mask`), over every sequence of `x`."""
     q, k = _queries_and_keys(attn, x, rope)
-    B, T, _, D = q.shape
+    B, T, _, _ = q.shape
+    scale = attn.cfg.attention_scale
     best = -math.inf
     for b in range(B):
         for start in range(0, T, QUERY_CHUNK):
             end = min(start + QUERY_CHUNK, T)
-            scores = torch.einsum("qhd,khd->hqk", q[b, start:end], k[b, :end]) / math.sqrt(D)  # (H, Q, end)
+            scores = torch.einsum("qhd,khd->hqk", q[b, start:end], k[b, :end]) * scale  # (H, Q, end)
             if mask is None:
                 allowed = _causal(start, end, x.device)
             else:

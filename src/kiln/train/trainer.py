@@ -201,7 +201,7 @@ class Trainer:
     def set_lr(self, multiplier: float) -> float:
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * multiplier * self.state.lr_scale
-        return self.base_lrs[0] * multiplier * self.state.lr_scale
+        return self.cfg.optim.lr * multiplier * self.state.lr_scale  # the peak LR's value (muP scales some groups)
 
     def throughput(self, step_time: float) -> dict[str, float]:
         tokens_per_s = self.cfg.tokens_per_step / step_time  # per device
