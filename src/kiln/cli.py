@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "kiln.eval.commands",
     "kiln.faults.commands",
     "kiln.experiments.commands",
+    "kiln.mup.commands",
 ]
 
 

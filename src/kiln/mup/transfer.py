@@ -1,0 +1,534 @@
+"""Does the optimal learning rate transfer across width, and how does it move with duration?
+
+Reads a `kiln sweep` folder (one run per LR x width x parametrization x duration x seed), fits the optimal LR of
+each loss-vs-LR curve, and reports how far it moves across widths (it should stay put under muP and shrink about
+as 1/width under standard parametrization with Adam) and how it scales with tokens trained, LR*(D) = B * D^-beta.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from scipy import stats
+
+from kiln.errors import KilnError
+from kiln.experiments.runlog import read_run, summarize
+from kiln.model.config import VOCAB_MULTIPLE
+from kiln.train.config import TrainConfig, load_config
+from kiln.train.metrics_log import METRICS_FILE
+
+CONFIG_FILE = "config.yaml"
+REPORT_DIR = "mup"
+DEFAULT_BETA = 0.3  # placeholder until docs/mup.md's measurement replaces it
+BOOTSTRAP_SAMPLES = 2000
+BOOTSTRAP_SEED = 0
+FIT_HALF_WIDTH = 2  # grid points each side of the best one used by the quadratic fit
+PARAM_ORDER = {"standard": 0, "mup": 1}
+PARAM_TITLES = {"standard": "standard", "mup": "muP"}
+TRANSFER_COLUMNS = ["parametrization", "d_model", "tokens", "best_grid_lr", "optimal_lr", "loss_at_optimum",
+                    "at_edge", "n_lrs", "n_diverged"]
+
+
+@dataclass
+class Point:
+    """One run of the sweep; val_loss is None when it diverged (no finite final val loss, or stopped early)."""
+
+    run: Path
+    parametrization: str
+    d_model: int
+    tokens: int
+    lr: float
+    seed: int
+    val_loss: float | None
+
+
+@dataclass
+class Curve:
+    """Seed-averaged final val loss per LR at one (parametrization, width, duration); NaN marks a diverged LR."""
+
+    parametrization: str
+    d_model: int
+    tokens: int
+    lrs: np.ndarray
+    losses: np.ndarray
+
+    @property
+    def n_diverged(self) -> int:
+        return int(np.isnan(self.losses).sum())
+
+    def optimum(self) -> Optimum | None:
+        """None when every LR diverged: there is nothing to fit."""
+        return fit_optimum(self.lrs, self.losses) if self.n_diverged < len(self.lrs) else None
+
+
+@dataclass
+class Optimum:
+    """A curve's optimal LR; when at_edge, the best grid point is an end of the grid and lr only a bound."""
+
+    lr: float
+    loss: float
+    best_grid_lr: float
+    at_edge: bool
+    n_points: int  # points in the quadratic fit; 1 = no fit (too few finite points or non-convex), best grid point
+
+
+@dataclass
+class DurationFit:
+    """LR*(D) = B * D^-beta at one width and parametrization; rows hold D, optimal_lr, best_grid_lr, at_edge, sigma."""
+
+    d_model: int
+    parametrization: str
+    rows: list[dict[str, Any]]
+    beta: float
+    beta_stderr: float | None
+    beta_boot_std: float
+    beta_interval: tuple[float, float]
+    B: float
+
+
+# ---- reading the sweep ----
+
+def collect_points(sweep_dir: str | Path) -> list[Point]:
+    """One Point per run folder (a subfolder with both metrics.jsonl and config.yaml; others are skipped)."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise KilnError(f"sweep folder {sweep_dir} does not exist")
+    runs = [p for p in sorted(sweep_dir.iterdir()) if (p / METRICS_FILE).is_file() and (p / CONFIG_FILE).is_file()]
+    if not runs:
+        raise KilnError(f"{sweep_dir} has no run folders (subfolders with {METRICS_FILE} and {CONFIG_FILE}); "
+                        "give the folder `kiln sweep` wrote")
+    return _fill_missing_tokens([_read_point(run) for run in runs])
+
+
+def _read_config(run: Path) -> TrainConfig:
+    """The run's resolved config (a preset and its overrides, or plain fields), read as `kiln train` reads a recipe."""
+    try:
+        return load_config(run / CONFIG_FILE)
+    except KilnError as err:
+        raise KilnError(f"{run / CONFIG_FILE}: {err}") from err
+
+
+def _read_point(run: Path) -> Point:
+    """The run's settings and final val loss; a run that stopped before trainer.steps (a NaN ends a run) diverged."""
+    cfg = _read_config(run)
+    model = cfg.model.build(vocab_size=cfg.model.overrides.get("vocab_size", VOCAB_MULTIPLE))
+    summary = summarize(read_run(run))
+    planned = cfg.trainer.steps
+    last_step, tokens, val = summary["steps"], summary["tokens"], summary["final_val_loss"]
+    finished = last_step is not None and last_step >= planned
+    if tokens is not None and last_step and last_step < planned:
+        tokens = round(tokens * planned / last_step)  # group an early-stopped run with its siblings' duration
+    return Point(run=run, parametrization=model.parametrization, d_model=model.d_model,
+                 tokens=-1 if tokens is None else tokens, lr=cfg.optim.lr, seed=cfg.trainer.seed,
+                 val_loss=float(val) if finished and val is not None and math.isfinite(val) else None)
+
+
+def _fill_missing_tokens(points: list[Point]) -> list[Point]:
+    """A run that logged nothing gets the duration of a sibling with the same planned steps."""
+    missing = [p for p in points if p.tokens < 0]
+    if not missing:
+        return points
+    by_steps = {_planned_steps(p): p.tokens for p in points if p.tokens >= 0}
+    for point in missing:
+        tokens = by_steps.get(_planned_steps(point))
+        if tokens is None:
+            raise KilnError(f"{point.run} logged no tokens and no run with its trainer.steps did; cannot place it")
+        point.tokens = tokens
+    return points
+
+
+def _planned_steps(point: Point) -> Any:
+    return _read_config(point.run).trainer.steps
+
+
+def _param_key(name: str) -> tuple[int, str]:
+    return PARAM_ORDER.get(name, len(PARAM_ORDER)), name
+
+
+def group_curves(points: Sequence[Point]) -> list[Curve]:
+    """One curve per (parametrization, d_model, tokens); seeds averaged, and an LR diverged if any seed did."""
+    groups: dict[tuple[str, int, int], dict[float, list[float | None]]] = defaultdict(lambda: defaultdict(list))
+    for p in points:
+        groups[(p.parametrization, p.d_model, p.tokens)][p.lr].append(p.val_loss)
+    curves = []
+    for (param, width, tokens), by_lr in groups.items():
+        lrs = np.array(sorted(by_lr))
+        losses = np.array([np.nan if None in by_lr[lr] else float(np.mean(by_lr[lr])) for lr in lrs])
+        curves.append(Curve(param, width, tokens, lrs, losses))
+    return sorted(curves, key=lambda c: (_param_key(c.parametrization), c.tokens, c.d_model))
+
+
+def grid_factor(points: Sequence[Point]) -> float:
+    """Median ratio of consecutive LRs within each curve, i.e. the sweep's grid step as a factor."""
+    ratios = np.concatenate([c.lrs[1:] / c.lrs[:-1] for c in group_curves(points)])
+    if ratios.size == 0:
+        raise KilnError("no curve of the sweep has two learning rates; sweep optim.lr over a grid")
+    return float(np.median(ratios))
+
+
+# ---- the optimum of one curve ----
+
+def fit_optimum(lrs: Sequence[float], losses: Sequence[float | None]) -> Optimum:
+    """Optimal LR from a quadratic in log2(LR) through the best finite point and up to 2 neighbours each side.
+
+    Why quadratic in log LR: near its minimum, loss vs log LR is roughly a parabola, the standard model behind
+    muP/TP5 LR-transfer plots and the LR scans of OLMo and Bjorck et al.; a vertex between grid points resolves the
+    optimum finer than the grid. The vertex is clamped to the fitted points' LR range (no extrapolation). A diverged
+    LR (None/NaN/inf) counts as worse than any finite one and is left out of the fit.
+    """
+    lrs_arr = np.asarray(lrs, dtype=float)
+    loss_arr = np.array([np.nan if v is None else v for v in losses], dtype=float)
+    if lrs_arr.shape != loss_arr.shape or np.any(lrs_arr <= 0):
+        raise ValueError(f"need matching positive lrs and losses, got lrs={list(lrs)} losses={list(losses)}")
+    order = np.argsort(lrs_arr)
+    lrs_arr, loss_arr = lrs_arr[order], np.where(np.isfinite(loss_arr[order]), loss_arr[order], np.nan)
+    finite = np.flatnonzero(~np.isnan(loss_arr))
+    if finite.size == 0:
+        raise ValueError(f"every LR diverged: {list(lrs)}")
+    best = int(finite[np.argmin(loss_arr[finite])])
+    at_edge = best in (0, len(lrs_arr) - 1)
+    fallback = Optimum(float(lrs_arr[best]), float(loss_arr[best]), float(lrs_arr[best]), at_edge, 1)
+    window = _fit_window(finite, best)
+    if window.size < 3:
+        return fallback
+    x, y = np.log2(lrs_arr[window]), loss_arr[window]
+    curvature, slope, intercept = np.polyfit(x, y, 2)
+    if curvature <= 0:
+        return fallback
+    vertex = float(np.clip(-slope / (2 * curvature), x.min(), x.max()))
+    loss = float(np.polyval([curvature, slope, intercept], vertex))
+    return Optimum(float(2.0**vertex), loss, float(lrs_arr[best]), at_edge, int(window.size))
+
+
+def _fit_window(finite: np.ndarray, best: int) -> np.ndarray:
+    """Indices of the best finite point and up to FIT_HALF_WIDTH finite neighbours each side (3+ when 3+ exist)."""
+    i = int(np.searchsorted(finite, best))
+    return finite[max(0, i - FIT_HALF_WIDTH):i + FIT_HALF_WIDTH + 1]
+
+
+# ---- width transfer ----
+
+def transfer_table(points: Sequence[Point]) -> list[dict[str, Any]]:
+    """One row per (parametrization, tokens, d_model) with its fitted optimum; optimum columns None if all diverged."""
+    rows = []
+    for curve in group_curves(points):
+        opt = curve.optimum()
+        fitted = ({"best_grid_lr": opt.best_grid_lr, "optimal_lr": opt.lr, "loss_at_optimum": opt.loss,
+                   "at_edge": opt.at_edge} if opt else dict.fromkeys(("best_grid_lr", "optimal_lr", "loss_at_optimum",
+                                                                         "at_edge")))
+        rows.append({"parametrization": curve.parametrization, "d_model": curve.d_model, "tokens": curve.tokens,
+                     **fitted, "n_lrs": len(curve.lrs), "n_diverged": curve.n_diverged})
+    return rows
+
+
+def _fitted(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r["optimal_lr"] is not None]
+
+
+def shift_in_grid_steps(rows: Sequence[dict[str, Any]], grid_factor: float) -> float:
+    """How far the optimal LR moves across the rows (one parametrization, one duration), in grid steps."""
+    if not grid_factor > 1:
+        raise ValueError(f"grid_factor must be > 1, got {grid_factor}")
+    lrs = [r["optimal_lr"] for r in _fitted(rows)]
+    if not lrs:
+        return math.nan
+    return math.log(max(lrs) / min(lrs)) / math.log(grid_factor)
+
+
+def width_slope(rows: Sequence[dict[str, Any]]) -> float:
+    """Least-squares slope of log2(optimal LR) vs log2(d_model): about -1 under standard param. (Adam), 0 under muP."""
+    fitted = _fitted(rows)
+    if len({r["d_model"] for r in fitted}) < 2:
+        return math.nan
+    x = np.log2([r["d_model"] for r in fitted])
+    y = np.log2([r["optimal_lr"] for r in fitted])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def transfer_summary(points: Sequence[Point]) -> list[dict[str, Any]]:
+    """Shift and slope per (parametrization, tokens): the numbers that say whether the optimum transfers."""
+    rows, factor = transfer_table(points), grid_factor(points)
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["parametrization"], row["tokens"])].append(row)
+    summary = []
+    for (param, tokens), group in groups.items():
+        shift = shift_in_grid_steps(group, factor)
+        widths = [r["d_model"] for r in group]
+        summary.append({"parametrization": param, "tokens": tokens, "grid_factor": factor, "shift_grid_steps": shift,
+                        "shift_factor": factor**shift, "slope": width_slope(group), "d_model_min": min(widths),
+                        "d_model_max": max(widths), "n_at_edge": sum(bool(r["at_edge"]) for r in group)})
+    return summary
+
+
+# ---- duration ----
+
+def lr_for_tokens(lr_at_D0: float, D0: float, D: float, beta: float = DEFAULT_BETA) -> float:
+    """The LR for D tokens given a good LR at D0 tokens, from LR*(D) proportional to D^-beta."""
+    for name, value in (("lr_at_D0", lr_at_D0), ("D0", D0), ("D", D)):
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    return lr_at_D0 * (D / D0) ** (-beta)
+
+
+def _select_curves(points: Sequence[Point], d_model: int | None, parametrization: str | None) -> list[Curve]:
+    """The curves of the one (parametrization, width) asked for, or the only one there is."""
+    curves = [c for c in group_curves(points) if d_model in (None, c.d_model)
+              and parametrization in (None, c.parametrization)]
+    choices = sorted({(c.parametrization, c.d_model) for c in curves}, key=lambda k: (_param_key(k[0]), k[1]))
+    if not choices:
+        raise KilnError(f"no runs with d_model={d_model} parametrization={parametrization}; the sweep has "
+                        + _describe_choices(group_curves(points)))
+    if len(choices) > 1:
+        listed = ", ".join(f"parametrization={p} d_model={w}" for p, w in choices)
+        raise KilnError(f"the sweep has several widths/parametrizations ({listed}); choose one with d_model and "
+                        "parametrization")
+    return curves
+
+
+def _describe_choices(curves: Sequence[Curve]) -> str:
+    keys = sorted({(c.parametrization, c.d_model) for c in curves}, key=lambda k: (_param_key(k[0]), k[1]))
+    return ", ".join(f"parametrization={p} d_model={w}" for p, w in keys)
+
+
+def duration_fit(points: Sequence[Point], d_model: int | None = None,
+                 parametrization: str | None = None) -> DurationFit:
+    """Fit log LR*(D) = log B - beta log D over the durations swept at one width and parametrization.
+
+    beta's uncertainty: the OLS standard error (3+ durations), and a bootstrap that redraws each log LR* from a
+    normal of sd half a grid step (a full step when the optimum is at the grid edge), since per-LR noise is unknown.
+    """
+    curves = _select_curves(points, d_model, parametrization)
+    step = math.log(grid_factor([p for p in points if (p.parametrization, p.d_model)
+                                 == (curves[0].parametrization, curves[0].d_model)]))
+    rows = [_duration_row(c, step) for c in curves if c.optimum() is not None]
+    if len({r["D"] for r in rows}) < 2:
+        raise KilnError(f"need optima at 2 or more durations to fit beta, got {[r['D'] for r in rows]} tokens")
+    x, y = np.log([r["D"] for r in rows]), np.log([r["optimal_lr"] for r in rows])
+    ols = stats.linregress(x, y)
+    boot = _bootstrap_betas(x, y, np.array([r["sigma_log_lr"] for r in rows]))
+    return DurationFit(d_model=curves[0].d_model, parametrization=curves[0].parametrization, rows=rows,
+                       beta=float(-ols.slope), beta_stderr=float(ols.stderr) if len(rows) >= 3 else None,
+                       beta_boot_std=float(boot.std(ddof=1)),
+                       beta_interval=(float(np.percentile(boot, 16)), float(np.percentile(boot, 84))),
+                       B=float(math.exp(ols.intercept)))
+
+
+def _duration_row(curve: Curve, step: float) -> dict[str, Any]:
+    opt = curve.optimum()
+    return {"D": curve.tokens, "optimal_lr": opt.lr, "best_grid_lr": opt.best_grid_lr, "at_edge": opt.at_edge,
+            "sigma_log_lr": step if opt.at_edge else step / 2}
+
+
+def _bootstrap_betas(x: np.ndarray, y: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """beta refitted on BOOTSTRAP_SAMPLES redraws of log LR* ~ Normal(fitted, sigma), with a fixed seed."""
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    draws = y + rng.normal(size=(BOOTSTRAP_SAMPLES, y.size)) * sigma
+    return -np.polyfit(x, draws.T, 1)[0]
+
+
+# ---- plots ----
+
+def _new_figure(ncols: int, sharey: bool = False):
+    fig = Figure(figsize=(5.5 * ncols, 4.5), layout="constrained")
+    return fig, fig.subplots(1, ncols, sharey=sharey, squeeze=False)[0]
+
+
+def _save(fig: Figure, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=110)
+
+
+def _colors(values: Sequence[float]) -> dict[float, Any]:
+    from matplotlib import colormaps
+
+    keys = sorted(set(values))
+    cmap = colormaps["viridis"]
+    return {k: cmap(0.85 * i / max(1, len(keys) - 1)) for i, k in enumerate(keys)}
+
+
+def _loss_ylim(curves: Sequence[Curve]) -> tuple[float, float]:
+    """Limits that show every curve's basin: a diverged LR's huge loss would otherwise flatten all of them.
+
+    Top = the highest curve minimum + 1.5 x the median (max - min) spread of the curves, so each curve's minimum
+    and a typical curve's whole range stay in view while outliers run off the top.
+    """
+    finite = [c.losses[~np.isnan(c.losses)] for c in curves]
+    finite = [f for f in finite if f.size]
+    if not finite:
+        return 0.0, 1.0
+    lows = [float(f.min()) for f in finite]
+    spread = float(np.median([f.max() - f.min() for f in finite])) or 0.1 * abs(max(lows)) or 1.0
+    return min(lows) - 0.05 * spread, max(lows) + 1.5 * spread
+
+
+def _plot_curve(ax, curve: Curve, color: Any, label: str, top: float) -> None:
+    """Line and markers of the finite points, a star at the fitted optimum, an 'x' at the top edge per diverged LR."""
+    ok = ~np.isnan(curve.losses)
+    ax.plot(curve.lrs[ok], curve.losses[ok], "o-", color=color, label=label, markersize=4)
+    if (~ok).any():
+        ax.plot(curve.lrs[~ok], np.full((~ok).sum(), top), "x", color=color, markersize=8, clip_on=False)
+    if (opt := curve.optimum()) is not None:
+        ax.plot([opt.lr], [opt.loss], "*", color=color, markersize=14, markeredgecolor="black", zorder=3)
+
+
+def _style_lr_axes(ax, title: str) -> None:
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+
+
+def plot_transfer(points: Sequence[Point], path: str | Path) -> Path:
+    """Loss vs LR, one panel per parametrization and one curve per width: aligned minima mean the LR transfers."""
+    curves = group_curves(points)
+    params = sorted({c.parametrization for c in curves}, key=_param_key)
+    several_d = len({c.tokens for c in curves}) > 1
+    colors = _colors([c.d_model for c in curves])
+    bottom, top = _loss_ylim(curves)
+    fig, axes = _new_figure(len(params), sharey=True)
+    for ax, param in zip(axes, params):
+        for curve in (c for c in curves if c.parametrization == param):
+            label = f"d_model={curve.d_model}" + (f", D={curve.tokens:.3g}" if several_d else "")
+            _plot_curve(ax, curve, colors[curve.d_model], label, top)
+        _style_lr_axes(ax, PARAM_TITLES.get(param, param))
+        ax.legend(fontsize=8)
+    axes[0].set_ylim(bottom, top)
+    axes[0].set_ylabel("final validation loss")
+    _save(fig, Path(path))
+    return Path(path)
+
+
+def plot_duration(fit: DurationFit, points: Sequence[Point], path: str | Path) -> Path:
+    """Left: loss vs LR per duration; right: optimal LR vs D (log-log) with the fitted power law and sigma bars."""
+    curves = [c for c in group_curves(points) if (c.parametrization, c.d_model) == (fit.parametrization, fit.d_model)]
+    colors = _colors([c.tokens for c in curves])
+    bottom, top = _loss_ylim(curves)
+    fig, (left, right) = _new_figure(2)
+    for curve in curves:
+        _plot_curve(left, curve, colors[curve.tokens], f"D={curve.tokens:.3g}", top)
+    _style_lr_axes(left, f"{PARAM_TITLES.get(fit.parametrization, fit.parametrization)}, d_model={fit.d_model}")
+    left.set_ylim(bottom, top)
+    left.set_ylabel("final validation loss")
+    left.legend(fontsize=8)
+    _plot_power_law(right, fit)
+    _save(fig, Path(path))
+    return Path(path)
+
+
+def _plot_power_law(ax, fit: DurationFit) -> None:
+    d = np.array([r["D"] for r in fit.rows], dtype=float)
+    lr = np.array([r["optimal_lr"] for r in fit.rows])
+    sigma = np.array([r["sigma_log_lr"] for r in fit.rows])
+    ax.errorbar(d, lr, yerr=[lr * (1 - np.exp(-sigma)), lr * (np.exp(sigma) - 1)], fmt="o", capsize=3,
+                label="fitted optimum (bars: ±sigma)")
+    grid = np.geomspace(d.min(), d.max(), 50)
+    ax.plot(grid, fit.B * grid ** (-fit.beta), "-", label=f"B * D^-{fit.beta:.3f}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("tokens trained D")
+    ax.set_ylabel("optimal learning rate")
+    ax.set_title("optimal LR vs duration")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+# ---- reports ----
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "diverged" if spec != "s" else "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return format(value, spec)
+
+
+def _markdown_table(headings: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN becomes null and numpy scalars plain numbers, so the JSON is strict."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _write(out_dir: Path, stem: str, text: str, data: dict[str, Any]) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(_json_safe(data), indent=2) + "\n")
+    md = out_dir / f"{stem}.md"
+    md.write_text(text)
+    return md
+
+
+def _summary_line(s: dict[str, Any], several_d: bool) -> str:
+    name = PARAM_TITLES.get(s["parametrization"], s["parametrization"]) + (f" (D={s['tokens']})" if several_d else "")
+    edge = f"; {s['n_at_edge']} optima at the grid edge (bounds, not fits)" if s["n_at_edge"] else ""
+    return (f"{name}: optimal LR moves by {s['shift_grid_steps']:.2f} grid steps (factor {s['shift_factor']:.3g}) "
+            f"across d_model {s['d_model_min']}..{s['d_model_max']}; slope of log2 LR* vs log2 width: "
+            f"{round(s['slope'], 2) + 0.0:.2f}{edge}")  # + 0.0: print -0.00 as 0.00
+
+
+def transfer_markdown(rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]]) -> str:
+    """The transfer table and one line per parametrization saying how far the optimum moved."""
+    specs = {"d_model": "d", "tokens": "d", "best_grid_lr": ".3g", "optimal_lr": ".3g", "loss_at_optimum": ".4f",
+             "n_lrs": "d", "n_diverged": "d"}
+    body = [[_fmt(r[k], specs.get(k, "s")) for k in TRANSFER_COLUMNS] for r in rows]
+    several_d = len({s["tokens"] for s in summary}) > 1
+    lines = [_summary_line(s, several_d) for s in summary]
+    theory = ("Theory: slope about -1 under standard parametrization (Adam, hidden layers), about 0 under muP; "
+              f"grid step = factor {summary[0]['grid_factor']:.3g}." if summary else "")
+    return "# Learning-rate transfer across width\n\n" + _markdown_table(TRANSFER_COLUMNS, body) + "\n\n" \
+        + "\n".join(f"- {line}" for line in lines) + f"\n\n{theory}\n"
+
+
+def write_transfer_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> tuple[Path, str]:
+    """OUT/transfer.md, .json and .png (OUT defaults to SWEEP_DIR/mup); returns the md path and its text."""
+    out = Path(out_dir) if out_dir is not None else Path(sweep_dir) / REPORT_DIR
+    points = collect_points(sweep_dir)
+    rows, summary = transfer_table(points), transfer_summary(points)
+    text = transfer_markdown(rows, summary)
+    md = _write(out, "transfer", text, {"rows": rows, "summary": summary})
+    plot_transfer(points, out / "transfer.png")
+    return md, text
+
+
+def duration_markdown(fit: DurationFit) -> str:
+    """The per-duration optima and the fitted power law with beta's uncertainty."""
+    body = [[str(r["D"]), _fmt(r["best_grid_lr"], ".3g"), _fmt(r["optimal_lr"], ".3g"), _fmt(r["at_edge"], "s")]
+            for r in fit.rows]
+    stderr = " (2 durations: no OLS stderr)" if fit.beta_stderr is None else f" ± {fit.beta_stderr:.2f} (OLS stderr)"
+    lo, hi = fit.beta_interval
+    name = PARAM_TITLES.get(fit.parametrization, fit.parametrization)
+    return (f"# Optimal learning rate vs duration ({name}, d_model={fit.d_model})\n\n"
+            + _markdown_table(["D (tokens)", "best grid LR", "optimal LR", "at edge"], body)
+            + f"\n\nbeta = {fit.beta:.2f}{stderr}, bootstrap 16-84%: [{lo:.2f}, {hi:.2f}] "
+            f"(std {fit.beta_boot_std:.2f}); LR*(D) = B * D^-beta with B = {fit.B:.3g}\n")
+
+
+def write_duration_report(sweep_dir: str | Path, out_dir: str | Path | None = None, d_model: int | None = None,
+                          parametrization: str | None = None) -> tuple[Path, str]:
+    """OUT/duration.md, .json and .png (OUT defaults to SWEEP_DIR/mup); returns the md path and its text."""
+    out = Path(out_dir) if out_dir is not None else Path(sweep_dir) / REPORT_DIR
+    points = collect_points(sweep_dir)
+    fit = duration_fit(points, d_model=d_model, parametrization=parametrization)
+    text = duration_markdown(fit)
+    md = _write(out, "duration", text, asdict(fit))
+    plot_duration(fit, points, out / "duration.png")
+    return md, text
