@@ -11,13 +11,12 @@ import pytest
 import yaml
 
 from kiln.errors import KilnError
+from kiln.mup import DEFAULT_BETA, lr_for_tokens
 from kiln.mup.transfer import (
-    DEFAULT_BETA,
     collect_points,
     duration_fit,
     fit_optimum,
     grid_factor,
-    lr_for_tokens,
     shift_in_grid_steps,
     transfer_table,
     width_slope,
@@ -72,15 +71,20 @@ def write_width_sweep(root: Path, widths=(64, 128, 256, 512)) -> Path:
     return root
 
 
-def write_duration_sweep(root: Path, beta: float = 0.35, widths=(128,)) -> Path:
-    """Optimal LR planted at 1e-2 * (D/1e5)^-beta for D = 1e5, 4e5, 1.6e6 tokens, on a factor-2 grid around it."""
+def write_duration_sweep(root: Path, beta: float = 0.35, widths=(128,), seed_noise: tuple[float, ...] = (0.0,)
+                         ) -> Path:
+    """Optimal LR planted at 1e-2 * (D/1e5)^-beta for D = 1e5, 4e5, 1.6e6 tokens, on a factor-2 grid around it;
+    one seed per entry of `seed_noise`, each seed's loss shifted by that much times a fixed pseudo-random sign."""
+    signs = np.random.default_rng(3).choice([-1.0, 1.0], size=1000)
     for d_model in widths:
         for tokens in (1e5, 4e5, 1.6e6):
             steps = round(tokens / TOKENS_PER_STEP)
             lr_star = 1e-2 * (steps * TOKENS_PER_STEP / 1e5) ** -beta  # the tokens the run reports
-            for lr in grid_around(lr_star, 3, 3):
-                write_fake_run(root / f"d{d_model}_s{steps}_lr{lr:.3g}", d_model=d_model, lr=lr, steps=steps,
-                               last_step=steps, val_loss=parabola(lr, lr_star), parametrization="mup")
+            for i, lr in enumerate(grid_around(lr_star, 3, 3)):
+                for seed, noise in enumerate(seed_noise):
+                    loss = parabola(lr, lr_star) + noise * signs[(7 * i + 13 * seed + steps) % 1000]
+                    write_fake_run(root / f"d{d_model}_s{steps}_lr{lr:.3g}_seed{seed}", d_model=d_model, lr=lr,
+                                   steps=steps, last_step=steps, val_loss=loss, parametrization="mup", seed=seed)
     return root
 
 
@@ -134,11 +138,18 @@ def test_collect_points_reads_configs_and_marks_divergence(tmp_path):
     write_fake_run(tmp_path / "ok", d_model=64, lr=1e-3, val_loss=3.5, parametrization="mup", seed=3)
     write_fake_run(tmp_path / "nan", d_model=64, lr=2e-3, val_loss=float("nan"), parametrization="mup")
     write_fake_run(tmp_path / "noval", d_model=64, lr=4e-3, val_loss=None, parametrization="mup")
-    write_fake_run(tmp_path / "stopped", d_model=64, lr=8e-3, val_loss=3.4, parametrization="mup", last_step=5)
+    stopped = write_fake_run(tmp_path / "stopped", d_model=64, lr=8e-3, val_loss=3.4, parametrization="mup",
+                             last_step=5)
+    (stopped / "train.log").write_text("kiln train: error: loss is nan at step 6; the last good checkpoint is ...\n")
+    running = write_fake_run(tmp_path / "running", d_model=64, lr=1.6e-2, val_loss=3.4, parametrization="mup",
+                             last_step=5)
+    (running / "train.log").write_text("step 5/20 loss 3.4\n")
     write_fake_run(tmp_path / "old", d_model=32, lr=1e-3, val_loss=3.9, parametrization=None)
     (tmp_path / "notes").mkdir()
-    points = {p.run.name: p for p in collect_points(tmp_path)}
+    unfinished = []
+    points = {p.run.name: p for p in collect_points(tmp_path, unfinished)}
     assert sorted(points) == ["nan", "noval", "ok", "old", "stopped"]
+    assert unfinished == [running]  # neither finished nor stopped by a non-finite loss: left out, not "diverged"
     ok = points["ok"]
     assert (ok.parametrization, ok.d_model, ok.lr, ok.seed, ok.val_loss) == ("mup", 64, 1e-3, 3, 3.5)
     assert ok.tokens == STEPS * TOKENS_PER_STEP
@@ -252,3 +263,26 @@ def test_collect_points_reads_the_config_kiln_train_writes(tmp_path):
     assert "overrides" in yaml.safe_load((run / "config.yaml").read_text())["model"]
     [point] = collect_points(tmp_path / "sweep")
     assert (point.parametrization, point.d_model, point.lr, point.seed, point.val_loss) == ("mup", 96, 2e-3, 3, 3.0)
+
+
+def test_seed_bootstrap_gives_intervals_that_widen_with_seed_noise(tmp_path):
+    """Two seeds that agree leave no doubt about the optimum; two that disagree widen its interval and beta's."""
+    quiet = collect_points(write_duration_sweep(tmp_path / "quiet", seed_noise=(0.0, 0.0)))
+    noisy = collect_points(write_duration_sweep(tmp_path / "noisy", seed_noise=(0.0, 0.04)))
+    for row in transfer_table(quiet):
+        assert row["n_seeds"] == 2
+        assert row["optimal_lr_16"] == pytest.approx(row["optimal_lr"]) == pytest.approx(row["optimal_lr_84"])
+    rows = transfer_table(noisy)
+    assert all(r["optimal_lr_16"] <= r["optimal_lr"] * 1.0001 and r["optimal_lr_84"] >= r["optimal_lr"] * 0.9999
+               for r in rows)
+    assert any(r["optimal_lr_84"] / r["optimal_lr_16"] > 1.05 for r in rows)
+    fit_quiet, fit_noisy = duration_fit(quiet), duration_fit(noisy)
+    assert fit_quiet.bootstrap == fit_noisy.bootstrap == "2 seeds redrawn"
+    assert fit_quiet.beta == pytest.approx(0.35, abs=1e-6) and fit_quiet.beta_boot_std < 1e-9
+    assert fit_noisy.beta_boot_std > 0.005
+    assert fit_noisy.beta_interval[0] - 0.05 <= 0.35 <= fit_noisy.beta_interval[1] + 0.05
+
+
+def test_one_seed_transfer_rows_have_no_interval(tmp_path):
+    rows = transfer_table(collect_points(write_width_sweep(tmp_path / "sweep")))
+    assert all(r["n_seeds"] == 1 and r["optimal_lr_16"] is None and r["optimal_lr_84"] is None for r in rows)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -21,20 +22,22 @@ from scipy import stats
 
 from kiln.errors import KilnError
 from kiln.experiments.runlog import read_run, summarize
+from kiln.experiments.sweep_progress import LOG_FILE
 from kiln.model.config import VOCAB_MULTIPLE
 from kiln.train.config import TrainConfig, load_config
 from kiln.train.metrics_log import METRICS_FILE
 
 CONFIG_FILE = "config.yaml"
+NONFINITE_LOSS = re.compile(r"loss is -?(nan|inf)\b")  # how kiln train reports the loss that stopped it
 REPORT_DIR = "mup"
-DEFAULT_BETA = 0.3  # placeholder until docs/mup.md's measurement replaces it
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
+SEED_BOOTSTRAP_SAMPLES = 500  # redraws of the seeds per curve, when the sweep ran 2 or more
 FIT_HALF_WIDTH = 2  # grid points each side of the best one used by the quadratic fit
 PARAM_ORDER = {"standard": 0, "mup": 1}
 PARAM_TITLES = {"standard": "standard", "mup": "muP"}
-TRANSFER_COLUMNS = ["parametrization", "d_model", "tokens", "best_grid_lr", "optimal_lr", "loss_at_optimum",
-                    "at_edge", "n_lrs", "n_diverged"]
+TRANSFER_COLUMNS = ["parametrization", "d_model", "tokens", "best_grid_lr", "optimal_lr", "optimal_lr_16",
+                    "optimal_lr_84", "loss_at_optimum", "at_edge", "n_seeds", "n_lrs", "n_diverged"]
 
 
 @dataclass
@@ -59,6 +62,11 @@ class Curve:
     tokens: int
     lrs: np.ndarray
     losses: np.ndarray
+    seed_losses: list[np.ndarray]  # per LR, one final val loss per seed (NaN: that seed diverged)
+
+    @property
+    def n_seeds(self) -> int:
+        return min(seeds.size for seeds in self.seed_losses)
 
     @property
     def n_diverged(self) -> int:
@@ -92,12 +100,17 @@ class DurationFit:
     beta_boot_std: float
     beta_interval: tuple[float, float]
     B: float
+    bootstrap: str = ""  # what the bootstrap redrew
 
 
 # ---- reading the sweep ----
 
-def collect_points(sweep_dir: str | Path) -> list[Point]:
-    """One Point per run folder (a subfolder with both metrics.jsonl and config.yaml; others are skipped)."""
+def collect_points(sweep_dir: str | Path, unfinished: list[Path] | None = None) -> list[Point]:
+    """One Point per run folder (a subfolder with both metrics.jsonl and config.yaml; others are skipped).
+
+    A run that stopped short of trainer.steps diverged when its train.log says the loss went non-finite; any other
+    (still running, or killed) is left out and appended to `unfinished`, so a report of a running sweep shows it.
+    """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise KilnError(f"sweep folder {sweep_dir} does not exist")
@@ -105,7 +118,10 @@ def collect_points(sweep_dir: str | Path) -> list[Point]:
     if not runs:
         raise KilnError(f"{sweep_dir} has no run folders (subfolders with {METRICS_FILE} and {CONFIG_FILE}); "
                         "give the folder `kiln sweep` wrote")
-    return _fill_missing_tokens([_read_point(run) for run in runs])
+    points = {run: _read_point(run) for run in runs}
+    if unfinished is not None:
+        unfinished.extend(run for run, point in points.items() if point is None)
+    return _fill_missing_tokens([point for point in points.values() if point is not None])
 
 
 def _read_config(run: Path) -> TrainConfig:
@@ -116,14 +132,21 @@ def _read_config(run: Path) -> TrainConfig:
         raise KilnError(f"{run / CONFIG_FILE}: {err}") from err
 
 
-def _read_point(run: Path) -> Point:
-    """The run's settings and final val loss; a run that stopped before trainer.steps (a NaN ends a run) diverged."""
+def _stopped_by_nonfinite_loss(run: Path) -> bool:
+    log = run / LOG_FILE
+    return log.is_file() and NONFINITE_LOSS.search(log.read_text(errors="replace")) is not None
+
+
+def _read_point(run: Path) -> Point | None:
+    """The run's settings and final val loss (None: diverged); None for a run unfinished for another reason."""
     cfg = _read_config(run)
     model = cfg.model.build(vocab_size=cfg.model.overrides.get("vocab_size", VOCAB_MULTIPLE))
     summary = summarize(read_run(run))
     planned = cfg.trainer.steps
     last_step, tokens, val = summary["steps"], summary["tokens"], summary["final_val_loss"]
     finished = last_step is not None and last_step >= planned
+    if not finished and not _stopped_by_nonfinite_loss(run):
+        return None
     if tokens is not None and last_step and last_step < planned:
         tokens = round(tokens * planned / last_step)  # group an early-stopped run with its siblings' duration
     return Point(run=run, parametrization=model.parametrization, d_model=model.d_model,
@@ -162,7 +185,8 @@ def group_curves(points: Sequence[Point]) -> list[Curve]:
     for (param, width, tokens), by_lr in groups.items():
         lrs = np.array(sorted(by_lr))
         losses = np.array([np.nan if None in by_lr[lr] else float(np.mean(by_lr[lr])) for lr in lrs])
-        curves.append(Curve(param, width, tokens, lrs, losses))
+        seed_losses = [np.array([np.nan if v is None else v for v in by_lr[lr]], dtype=float) for lr in lrs]
+        curves.append(Curve(param, width, tokens, lrs, losses, seed_losses))
     return sorted(curves, key=lambda c: (_param_key(c.parametrization), c.tokens, c.d_model))
 
 
@@ -214,18 +238,40 @@ def _fit_window(finite: np.ndarray, best: int) -> np.ndarray:
     return finite[max(0, i - FIT_HALF_WIDTH):i + FIT_HALF_WIDTH + 1]
 
 
+def resampled_optima(curve: Curve, rng: np.random.Generator, n: int = SEED_BOOTSTRAP_SAMPLES) -> np.ndarray:
+    """Optimal LRs of `n` copies of the curve whose seeds are redrawn with replacement at each LR (NaN where every
+    LR of a copy diverged): how much the optimum owes to which seeds were run."""
+    out = np.full(n, np.nan)
+    for i in range(n):
+        losses = np.array([rng.choice(seeds, size=seeds.size).mean() for seeds in curve.seed_losses])
+        if np.isfinite(losses).any():
+            out[i] = fit_optimum(curve.lrs, losses).lr
+    return out
+
+
+def optimum_interval(curve: Curve, rng: np.random.Generator) -> tuple[float | None, float | None]:
+    """16th and 84th percentiles of the seed-resampled optimum; (None, None) with fewer than 2 seeds."""
+    if curve.n_seeds < 2:
+        return None, None
+    optima = resampled_optima(curve, rng)
+    optima = optima[np.isfinite(optima)]
+    return (float(np.percentile(optima, 16)), float(np.percentile(optima, 84))) if optima.size else (None, None)
+
+
 # ---- width transfer ----
 
 def transfer_table(points: Sequence[Point]) -> list[dict[str, Any]]:
     """One row per (parametrization, tokens, d_model) with its fitted optimum; optimum columns None if all diverged."""
-    rows = []
+    rows, rng = [], np.random.default_rng(BOOTSTRAP_SEED)
     for curve in group_curves(points):
         opt = curve.optimum()
+        low, high = optimum_interval(curve, rng)
         fitted = ({"best_grid_lr": opt.best_grid_lr, "optimal_lr": opt.lr, "loss_at_optimum": opt.loss,
                    "at_edge": opt.at_edge} if opt else dict.fromkeys(("best_grid_lr", "optimal_lr", "loss_at_optimum",
                                                                          "at_edge")))
         rows.append({"parametrization": curve.parametrization, "d_model": curve.d_model, "tokens": curve.tokens,
-                     **fitted, "n_lrs": len(curve.lrs), "n_diverged": curve.n_diverged})
+                     **fitted, "optimal_lr_16": low, "optimal_lr_84": high, "n_seeds": curve.n_seeds,
+                     "n_lrs": len(curve.lrs), "n_diverged": curve.n_diverged})
     return rows
 
 
@@ -271,14 +317,6 @@ def transfer_summary(points: Sequence[Point]) -> list[dict[str, Any]]:
 
 # ---- duration ----
 
-def lr_for_tokens(lr_at_D0: float, D0: float, D: float, beta: float = DEFAULT_BETA) -> float:
-    """The LR for D tokens given a good LR at D0 tokens, from LR*(D) proportional to D^-beta."""
-    for name, value in (("lr_at_D0", lr_at_D0), ("D0", D0), ("D", D)):
-        if not value > 0:
-            raise ValueError(f"{name} must be positive, got {value}")
-    return lr_at_D0 * (D / D0) ** (-beta)
-
-
 def _select_curves(points: Sequence[Point], d_model: int | None, parametrization: str | None) -> list[Curve]:
     """The curves of the one (parametrization, width) asked for, or the only one there is."""
     curves = [c for c in group_curves(points) if d_model in (None, c.d_model)
@@ -303,23 +341,27 @@ def duration_fit(points: Sequence[Point], d_model: int | None = None,
                  parametrization: str | None = None) -> DurationFit:
     """Fit log LR*(D) = log B - beta log D over the durations swept at one width and parametrization.
 
-    beta's uncertainty: the OLS standard error (3+ durations), and a bootstrap that redraws each log LR* from a
-    normal of sd half a grid step (a full step when the optimum is at the grid edge), since per-LR noise is unknown.
+    beta's uncertainty: the OLS standard error (3+ durations), and a bootstrap. With 2+ seeds per LR the bootstrap
+    redraws the seeds of every curve, refits each optimum and then beta; with one seed, when the noise of a loss is
+    unknown, it redraws each log LR* from a normal of sd half a grid step (a full step at the grid edge).
     """
-    curves = _select_curves(points, d_model, parametrization)
+    curves = [c for c in _select_curves(points, d_model, parametrization) if c.optimum() is not None]
     step = math.log(grid_factor([p for p in points if (p.parametrization, p.d_model)
                                  == (curves[0].parametrization, curves[0].d_model)]))
-    rows = [_duration_row(c, step) for c in curves if c.optimum() is not None]
+    rows = [_duration_row(c, step) for c in curves]
     if len({r["D"] for r in rows}) < 2:
         raise KilnError(f"need optima at 2 or more durations to fit beta, got {[r['D'] for r in rows]} tokens")
     x, y = np.log([r["D"] for r in rows]), np.log([r["optimal_lr"] for r in rows])
     ols = stats.linregress(x, y)
-    boot = _bootstrap_betas(x, y, np.array([r["sigma_log_lr"] for r in rows]))
+    seeds = min(c.n_seeds for c in curves)
+    boot = _seed_bootstrap_betas(curves, x, rows) if seeds >= 2 else \
+        _bootstrap_betas(x, y, np.array([r["sigma_log_lr"] for r in rows]))
     return DurationFit(d_model=curves[0].d_model, parametrization=curves[0].parametrization, rows=rows,
                        beta=float(-ols.slope), beta_stderr=float(ols.stderr) if len(rows) >= 3 else None,
                        beta_boot_std=float(boot.std(ddof=1)),
                        beta_interval=(float(np.percentile(boot, 16)), float(np.percentile(boot, 84))),
-                       B=float(math.exp(ols.intercept)))
+                       B=float(math.exp(ols.intercept)),
+                       bootstrap=f"{seeds} seeds redrawn" if seeds >= 2 else "half a grid step per optimum")
 
 
 def _duration_row(curve: Curve, step: float) -> dict[str, Any]:
@@ -333,6 +375,17 @@ def _bootstrap_betas(x: np.ndarray, y: np.ndarray, sigma: np.ndarray) -> np.ndar
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     draws = y + rng.normal(size=(BOOTSTRAP_SAMPLES, y.size)) * sigma
     return -np.polyfit(x, draws.T, 1)[0]
+
+
+def _seed_bootstrap_betas(curves: Sequence[Curve], x: np.ndarray, rows: list[dict[str, Any]]) -> np.ndarray:
+    """beta refitted on seed-resampled optima (resampled_optima per duration); each row's sigma becomes the sd of
+    its resampled log optimum, for the error bars."""
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    logs = np.log(np.stack([resampled_optima(c, rng) for c in curves]))  # (durations, samples)
+    for row, samples in zip(rows, logs, strict=True):
+        row["sigma_log_lr"] = float(np.nanstd(samples))
+    logs = logs[:, np.isfinite(logs).all(axis=0)]
+    return -np.polyfit(x, logs, 1)[0]
 
 
 # ---- plots ----
@@ -487,9 +540,10 @@ def _summary_line(s: dict[str, Any], several_d: bool) -> str:
 
 def transfer_markdown(rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]]) -> str:
     """The transfer table and one line per parametrization saying how far the optimum moved."""
-    specs = {"d_model": "d", "tokens": "d", "best_grid_lr": ".3g", "optimal_lr": ".3g", "loss_at_optimum": ".4f",
-             "n_lrs": "d", "n_diverged": "d"}
-    body = [[_fmt(r[k], specs.get(k, "s")) for k in TRANSFER_COLUMNS] for r in rows]
+    specs = {"d_model": "d", "tokens": "d", "best_grid_lr": ".3g", "optimal_lr": ".3g", "optimal_lr_16": ".3g",
+             "optimal_lr_84": ".3g", "loss_at_optimum": ".4f", "n_seeds": "d", "n_lrs": "d", "n_diverged": "d"}
+    body = [["-" if r[k] is None and k.startswith("optimal_lr_") else _fmt(r[k], specs.get(k, "s"))
+             for k in TRANSFER_COLUMNS] for r in rows]
     several_d = len({s["tokens"] for s in summary}) > 1
     lines = [_summary_line(s, several_d) for s in summary]
     theory = ("Theory: slope about -1 under standard parametrization (Adam, hidden layers), about 0 under muP; "
@@ -498,12 +552,20 @@ def transfer_markdown(rows: Sequence[dict[str, Any]], summary: Sequence[dict[str
         + "\n".join(f"- {line}" for line in lines) + f"\n\n{theory}\n"
 
 
+def _unfinished_note(unfinished: list[Path]) -> str:
+    if not unfinished:
+        return ""
+    return (f"\n{len(unfinished)} unfinished run(s) left out (still running, or stopped without a non-finite loss), "
+            f"e.g. {unfinished[0].name}\n")
+
+
 def write_transfer_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> tuple[Path, str]:
     """OUT/transfer.md, .json and .png (OUT defaults to SWEEP_DIR/mup); returns the md path and its text."""
     out = Path(out_dir) if out_dir is not None else Path(sweep_dir) / REPORT_DIR
-    points = collect_points(sweep_dir)
+    unfinished: list[Path] = []
+    points = collect_points(sweep_dir, unfinished)
     rows, summary = transfer_table(points), transfer_summary(points)
-    text = transfer_markdown(rows, summary)
+    text = transfer_markdown(rows, summary) + _unfinished_note(unfinished)
     md = _write(out, "transfer", text, {"rows": rows, "summary": summary})
     plot_transfer(points, out / "transfer.png")
     return md, text
@@ -519,16 +581,17 @@ def duration_markdown(fit: DurationFit) -> str:
     return (f"# Optimal learning rate vs duration ({name}, d_model={fit.d_model})\n\n"
             + _markdown_table(["D (tokens)", "best grid LR", "optimal LR", "at edge"], body)
             + f"\n\nbeta = {fit.beta:.2f}{stderr}, bootstrap 16-84%: [{lo:.2f}, {hi:.2f}] "
-            f"(std {fit.beta_boot_std:.2f}); LR*(D) = B * D^-beta with B = {fit.B:.3g}\n")
+            f"(std {fit.beta_boot_std:.2f}; {fit.bootstrap}); LR*(D) = B * D^-beta with B = {fit.B:.3g}\n")
 
 
 def write_duration_report(sweep_dir: str | Path, out_dir: str | Path | None = None, d_model: int | None = None,
                           parametrization: str | None = None) -> tuple[Path, str]:
     """OUT/duration.md, .json and .png (OUT defaults to SWEEP_DIR/mup); returns the md path and its text."""
     out = Path(out_dir) if out_dir is not None else Path(sweep_dir) / REPORT_DIR
-    points = collect_points(sweep_dir)
+    unfinished: list[Path] = []
+    points = collect_points(sweep_dir, unfinished)
     fit = duration_fit(points, d_model=d_model, parametrization=parametrization)
-    text = duration_markdown(fit)
+    text = duration_markdown(fit) + _unfinished_note(unfinished)
     md = _write(out, "duration", text, asdict(fit))
     plot_duration(fit, points, out / "duration.png")
     return md, text
