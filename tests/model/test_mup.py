@@ -126,3 +126,13 @@ def test_to_standard_refuses_a_clamp_it_cannot_fold_past():
 def test_bad_mup_settings_name_the_field(fields, named):
     with pytest.raises(ConfigError, match=named):
         ModelConfig(vocab_size=300, d_model=64, n_heads=4, d_ff=128, **fields)
+
+
+def test_the_run_header_states_the_multipliers():
+    from kiln.train.run import mup_summary
+
+    cfg = ModelConfig(vocab_size=300, d_model=128, n_heads=4, d_ff=256, parametrization="mup", mup_base_d_model=32)
+    line = mup_summary(cfg, 3e-3)
+    for part in ("width 128 = 4 x base 32", "init std / 2,", "LR 0.00075 (peak 0.003 / 4)", "logits x 0.25",
+                 f"attention scale {math.sqrt(8) / 32:.3g}"):
+        assert part in line, (part, line)

@@ -24,7 +24,7 @@ from kiln.errors import KilnError
 from kiln.model.transformer import Transformer
 from kiln.optim.adamw import build_adamw
 from kiln.train.config import TrainConfig, load_config
-from kiln.train.run import build_loaders, build_model_config, open_datasets
+from kiln.train.run import build_loaders, build_model_config, open_datasets, pick_device
 from kiln.train.trainer import loss_terms
 
 # |slope| allowed, in doublings of mean |x| per doubling of width: halfway between muP's 0 and the smallest growth
@@ -113,9 +113,12 @@ class ActivationSizes:
 
 def record_run(cfg: TrainConfig, steps: int, lr: float | None) -> dict[str, list[float]]:
     """Train `steps` AdamW steps at a constant LR; mean |x| per activation at steps 0..steps."""
+    device = pick_device(cfg.trainer.device)
+    if device.type == "cpu" and cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
     torch.manual_seed(cfg.trainer.seed)
     datasets = open_datasets(cfg)
-    model = Transformer(build_model_config(cfg, datasets[0].vocab_size))
+    model = Transformer(build_model_config(cfg, datasets[0].vocab_size)).to(device)
     optimizer = build_adamw(model, cfg.optim)
     for group in optimizer.param_groups:  # keep muP's per-group ratios while changing the peak LR
         group["lr"] *= (lr or cfg.optim.lr) / cfg.optim.lr
@@ -124,12 +127,13 @@ def record_run(cfg: TrainConfig, steps: int, lr: float | None) -> dict[str, list
     try:
         for _ in range(steps + 1):
             batch = next(batches)
-            logits = model(batch.input_ids)
+            input_ids, labels = batch.input_ids.to(device), batch.labels.to(device)
+            logits = model(input_ids)
             for name, value in probe.sizes.items():
                 sizes[name].append(value)
             sizes["logits"].append(logits.detach().abs().float().mean().item())
-            n_targets = max(int((batch.labels != -100).sum()), 1)
-            ce, z = loss_terms(logits, batch.labels, n_targets, cfg.trainer.z_loss)
+            n_targets = max(int((labels != -100).sum()), 1)
+            ce, z = loss_terms(logits, labels, n_targets, cfg.trainer.z_loss)
             (ce + z).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -277,5 +277,15 @@ def print_header(run: Run) -> None:
     print(f"kiln train: {run.model.cfg.n_layers}-layer model, {n_params:,} parameters, {cfg.trainer.steps} "
           f"steps of {cfg.tokens_per_step * ranks:,} tokens on {ranks} rank(s), run folder {run.run_dir} "
           f"({where}); MFU against {run.trainer.peak_source}", flush=True)
+    if run.model.cfg.parametrization == "mup":
+        print(mup_summary(run.model.cfg, cfg.optim.lr), flush=True)
     for line in run.notes:
         print(line, flush=True)
+
+
+def mup_summary(model_cfg: ModelConfig, lr: float) -> str:
+    """What muP does at this width, in one line: a user checks the multipliers here, not in the code."""
+    m = model_cfg.width_mult
+    return (f"muP: width {model_cfg.d_model} = {m:g} x base {model_cfg.mup_base_d_model}; hidden matrices: init std / "
+            f"{m ** 0.5:.3g}, LR {lr / m:.3g} (peak {lr:.3g} / {m:g}); logits x {model_cfg.output_mult:.3g}; "
+            f"attention scale {model_cfg.attention_scale:.3g}")
