@@ -12,6 +12,7 @@ import yaml
 
 from kiln.errors import KilnError
 from kiln.mup import DEFAULT_BETA, lr_for_tokens
+from kiln.mup.report import write_duration_report, write_transfer_report
 from kiln.mup.transfer import (
     collect_points,
     duration_fit,
@@ -20,8 +21,6 @@ from kiln.mup.transfer import (
     shift_in_grid_steps,
     transfer_table,
     width_slope,
-    write_duration_report,
-    write_transfer_report,
 )
 from kiln.train.config import load_config
 

@@ -71,7 +71,7 @@ def run_coord_check(args: argparse.Namespace) -> int:
 
 
 def run_transfer(args: argparse.Namespace) -> int:
-    from kiln.mup.transfer import write_transfer_report
+    from kiln.mup.report import write_transfer_report
 
     path, text = write_transfer_report(args.sweep_dir, args.out)
     print(text, end="")
@@ -80,7 +80,7 @@ def run_transfer(args: argparse.Namespace) -> int:
 
 
 def run_duration(args: argparse.Namespace) -> int:
-    from kiln.mup.transfer import write_duration_report
+    from kiln.mup.report import write_duration_report
 
     path, text = write_duration_report(args.sweep_dir, args.out, args.d_model, args.parametrization)
     print(text, end="")
