@@ -285,3 +285,26 @@ def test_seed_bootstrap_gives_intervals_that_widen_with_seed_noise(tmp_path):
 def test_one_seed_transfer_rows_have_no_interval(tmp_path):
     rows = transfer_table(collect_points(write_width_sweep(tmp_path / "sweep")))
     assert all(r["n_seeds"] == 1 and r["optimal_lr_16"] is None and r["optimal_lr_84"] is None for r in rows)
+
+
+def test_cli_transfer_and_duration_print_their_tables(tmp_path, capsys):
+    from kiln.cli import main
+
+    width_sweep = write_width_sweep(tmp_path / "width")
+    assert main(["mup", "transfer", str(width_sweep)]) == 0
+    printed = capsys.readouterr().out
+    assert "| mup | 512 |" in printed and f"wrote {width_sweep / 'mup' / 'transfer.md'}" in printed
+    duration_sweep = write_duration_sweep(tmp_path / "duration", widths=(64, 128))
+    assert main(["mup", "duration", str(duration_sweep)]) == 2  # two widths: which one?
+    assert "d_model=64" in capsys.readouterr().err
+    assert main(["mup", "duration", str(duration_sweep), "--d-model", "128", "--out", str(tmp_path / "d")]) == 0
+    assert "beta = 0.35" in capsys.readouterr().out and (tmp_path / "d" / "duration.png").is_file()
+
+
+def test_duration_fit_can_leave_out_the_shortest_runs(tmp_path):
+    points = collect_points(write_duration_sweep(tmp_path / "sweep"))
+    fit = duration_fit(points, min_tokens=200_000)
+    assert [r["D"] for r in fit.rows] == [399_872, 1_600_000]  # the 1e5-token runs left out
+    assert fit.beta == pytest.approx(0.35, abs=0.02)
+    with pytest.raises(KilnError, match="at least 10000000 tokens"):
+        duration_fit(points, min_tokens=10_000_000)

@@ -55,6 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--out", default=None, metavar="DIR")
     d.add_argument("--d-model", type=int, default=None, help="the width to use when the sweep has several")
     d.add_argument("--parametrization", default=None, help="the parametrization to use when the sweep has both")
+    d.add_argument("--min-tokens", type=int, default=0, metavar="D",
+                   help="fit only durations of at least D tokens (the shortest runs bend the power law)")
     d.set_defaults(func=run_duration)
 
 
@@ -82,7 +84,7 @@ def run_transfer(args: argparse.Namespace) -> int:
 def run_duration(args: argparse.Namespace) -> int:
     from kiln.mup.report import write_duration_report
 
-    path, text = write_duration_report(args.sweep_dir, args.out, args.d_model, args.parametrization)
+    path, text = write_duration_report(args.sweep_dir, args.out, args.d_model, args.parametrization, args.min_tokens)
     print(text, end="")
     print(f"wrote {path} and duration.json, duration.png in {path.parent}")
     return 0

@@ -224,13 +224,16 @@ def duration_markdown(fit: DurationFit) -> str:
 
 
 def write_duration_report(sweep_dir: str | Path, out_dir: str | Path | None = None, d_model: int | None = None,
-                          parametrization: str | None = None) -> tuple[Path, str]:
+                          parametrization: str | None = None, min_tokens: int = 0) -> tuple[Path, str]:
     """OUT/duration.md, .json and .png (OUT defaults to SWEEP_DIR/mup); returns the md path and its text."""
     out = Path(out_dir) if out_dir is not None else Path(sweep_dir) / REPORT_DIR
     unfinished: list[Path] = []
     points = collect_points(sweep_dir, unfinished)
-    fit = duration_fit(points, d_model=d_model, parametrization=parametrization)
-    text = duration_markdown(fit) + _unfinished_note(unfinished)
+    fit = duration_fit(points, d_model=d_model, parametrization=parametrization, min_tokens=min_tokens)
+    left_out = sorted({p.tokens for p in points if p.tokens < min_tokens
+                       and (p.parametrization, p.d_model) == (fit.parametrization, fit.d_model)})
+    note = f"\nDurations left out of the fit (under {min_tokens} tokens): {left_out}\n" if left_out else ""
+    text = duration_markdown(fit) + note + _unfinished_note(unfinished)
     md = _write(out, "duration", text, asdict(fit))
     plot_duration(fit, points, out / "duration.png")
     return md, text

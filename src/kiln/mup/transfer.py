@@ -338,15 +338,20 @@ def _describe_choices(curves: Sequence[Curve]) -> str:
     return ", ".join(f"parametrization={p} d_model={w}" for p, w in keys)
 
 
-def duration_fit(points: Sequence[Point], d_model: int | None = None,
-                 parametrization: str | None = None) -> DurationFit:
-    """Fit log LR*(D) = log B - beta log D over the durations swept at one width and parametrization.
+def duration_fit(points: Sequence[Point], d_model: int | None = None, parametrization: str | None = None,
+                 min_tokens: int = 0) -> DurationFit:
+    """Fit log LR*(D) = log B - beta log D over the durations (of at least `min_tokens`) swept at one width and
+    parametrization. The law is a straight line only far enough from the start: `min_tokens` leaves out the
+    shortest runs, where warmup and the first plateau decide the optimum.
 
     beta's uncertainty: the OLS standard error (3+ durations), and a bootstrap. With 2+ seeds per LR the bootstrap
     redraws the seeds of every curve, refits each optimum and then beta; with one seed, when the noise of a loss is
     unknown, it redraws each log LR* from a normal of sd half a grid step (a full step at the grid edge).
     """
-    curves = [c for c in _select_curves(points, d_model, parametrization) if c.optimum() is not None]
+    curves = [c for c in _select_curves(points, d_model, parametrization)
+              if c.optimum() is not None and c.tokens >= min_tokens]
+    if not curves:
+        raise KilnError(f"no duration of at least {min_tokens} tokens has an optimum to fit")
     step = math.log(grid_factor([p for p in points if (p.parametrization, p.d_model)
                                  == (curves[0].parametrization, curves[0].d_model)]))
     rows = [_duration_row(c, step) for c in curves]
