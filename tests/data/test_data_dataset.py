@@ -42,6 +42,8 @@ def test_ids_past_the_vocabulary_are_refused_naming_the_file(tmp_path):
 def test_unfinished_folder_and_foreign_tokenizer_are_refused(tmp_path):
     with pytest.raises(KilnError, match="not a kiln dataset: .*dataset.json not found.*unfinished"):
         TokenDataset.open(tmp_path)
+    with pytest.raises(KilnError, match=r"not found; make it with `kiln prepare INPUTS --out .*missing`"):
+        TokenDataset.open(tmp_path / "missing")
     folder = write_dataset(tmp_path / "ds", numbered_docs(2, 10))
     tok = json.loads((folder / "tokenizer.json").read_text())
     tok["added_tokens"][0]["content"] = "<|eos|>"

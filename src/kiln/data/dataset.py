@@ -104,7 +104,8 @@ class TokenDataset:
 def _read_meta(path: Path) -> dict:
     meta_path = path / shards.META_FILE
     if not meta_path.is_file():
-        hint = " (a folder without it is an unfinished or failed `kiln prepare`)" if path.is_dir() else ""
+        hint = (" (a folder without it is an unfinished or failed `kiln prepare`)" if path.is_dir()
+                else f"; make it with `kiln prepare INPUTS --out {path}` (a recipe's comments may say which inputs)")
         raise KilnError(f"not a kiln dataset: {meta_path} not found{hint}")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
