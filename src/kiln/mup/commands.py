@@ -37,27 +37,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--out", default="mup-coord-check", metavar="DIR", help="output folder (default mup-coord-check)")
     c.set_defaults(func=run_coord_check, accepts_overrides=True)
 
-    t = commands.add_parser(
-        "transfer", help="optimal LR per width and parametrization from a kiln sweep, with a plot",
-        description="Read a `kiln sweep` over optim.lr x model.d_model (x model.parametrization), fit each curve's "
-        "optimum (a quadratic in log LR around the best point) and report how far it moves with width. Writes "
-        "transfer.{md,json,png} in --out (default SWEEP_DIR/mup).")
-    t.add_argument("sweep_dir", metavar="SWEEP_DIR")
-    t.add_argument("--out", default=None, metavar="DIR")
-    t.set_defaults(func=run_transfer)
-
-    d = commands.add_parser(
-        "duration", help="optimal LR per training length from a kiln sweep; fit LR*(D) = B * D^-beta",
-        description="Read a `kiln sweep` over optim.lr x trainer.steps at one width, fit each length's optimal LR "
-        "and the power law LR*(D) = B * D^-beta (D in tokens), with beta's uncertainty. Writes "
-        "duration.{md,json,png} in --out (default SWEEP_DIR/mup).")
-    d.add_argument("sweep_dir", metavar="SWEEP_DIR")
-    d.add_argument("--out", default=None, metavar="DIR")
+    _sweep_reader(commands, "transfer", run_transfer,
+                  "optimal LR per width and parametrization from a kiln sweep, with a plot",
+                  "Read a `kiln sweep` over optim.lr x model.d_model (x model.parametrization), fit each curve's "
+                  "optimum (a quadratic in log LR around the best point) and report how far it moves with width.")
+    d = _sweep_reader(commands, "duration", run_duration,
+                      "optimal LR per training length from a kiln sweep; fit LR*(D) = B * D^-beta",
+                      "Read a `kiln sweep` over optim.lr x trainer.steps at one width, fit each length's optimal LR "
+                      "and the power law LR*(D) = B * D^-beta (D in tokens), with beta's uncertainty.")
     d.add_argument("--d-model", type=int, default=None, help="the width to use when the sweep has several")
     d.add_argument("--parametrization", default=None, help="the parametrization to use when the sweep has both")
     d.add_argument("--min-tokens", type=int, default=0, metavar="D",
                    help="fit only durations of at least D tokens (the shortest runs bend the power law)")
-    d.set_defaults(func=run_duration)
+
+
+def _sweep_reader(commands: argparse._SubParsersAction, name: str, func, help: str,
+                  description: str) -> argparse.ArgumentParser:
+    """A command that reads SWEEP_DIR and writes NAME.{md,json,png} to --out."""
+    parser = commands.add_parser(name, help=help, description=f"{description} Writes {name}.{{md,json,png}} in "
+                                 "--out (default SWEEP_DIR/mup).")
+    parser.add_argument("sweep_dir", metavar="SWEEP_DIR")
+    parser.add_argument("--out", default=None, metavar="DIR")
+    parser.set_defaults(func=func)
+    return parser
 
 
 def run_coord_check(args: argparse.Namespace) -> int:

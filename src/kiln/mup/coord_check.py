@@ -125,13 +125,15 @@ def record_run(cfg: TrainConfig, steps: int, lr: float | None) -> dict[str, list
     batches = iter(build_loaders(cfg, datasets, rank=0, world_size=1)[0])
     probe, sizes = ActivationSizes(model), defaultdict(list)
     try:
-        for _ in range(steps + 1):
+        for step in range(steps + 1):
             batch = next(batches)
             input_ids, labels = batch.input_ids.to(device), batch.labels.to(device)
             logits = model(input_ids)
             for name, value in probe.sizes.items():
                 sizes[name].append(value)
             sizes["logits"].append(logits.detach().abs().float().mean().item())
+            if step == steps:  # recorded; no update follows
+                break
             n_targets = max(int((labels != -100).sum()), 1)
             ce, z = loss_terms(logits, labels, n_targets, cfg.trainer.z_loss)
             (ce + z).backward()

@@ -120,7 +120,7 @@ def collect_points(sweep_dir: str | Path, unfinished: list[Path] | None = None) 
     points = {run: _read_point(run) for run in runs}
     if unfinished is not None:
         unfinished.extend(run for run, point in points.items() if point is None)
-    return _fill_missing_tokens([point for point in points.values() if point is not None])
+    return [point for point in points.values() if point is not None]
 
 
 def _read_config(run: Path) -> TrainConfig:
@@ -146,29 +146,11 @@ def _read_point(run: Path) -> Point | None:
     finished = last_step is not None and last_step >= planned
     if not finished and not _stopped_by_nonfinite_loss(run):
         return None
-    if tokens is not None and last_step and last_step < planned:
-        tokens = round(tokens * planned / last_step)  # group an early-stopped run with its siblings' duration
-    return Point(run=run, parametrization=model.parametrization, d_model=model.d_model,
-                 tokens=-1 if tokens is None else tokens, lr=cfg.optim.lr, seed=cfg.trainer.seed,
+    # the planned duration, so an early-stopped run joins its siblings' curve (`kiln sweep` runs one process each)
+    tokens = round(tokens * planned / last_step) if tokens and last_step else planned * cfg.tokens_per_step
+    return Point(run=run, parametrization=model.parametrization, d_model=model.d_model, tokens=tokens,
+                 lr=cfg.optim.lr, seed=cfg.trainer.seed,
                  val_loss=float(val) if finished and val is not None and math.isfinite(val) else None)
-
-
-def _fill_missing_tokens(points: list[Point]) -> list[Point]:
-    """A run that logged nothing gets the duration of a sibling with the same planned steps."""
-    missing = [p for p in points if p.tokens < 0]
-    if not missing:
-        return points
-    by_steps = {_planned_steps(p): p.tokens for p in points if p.tokens >= 0}
-    for point in missing:
-        tokens = by_steps.get(_planned_steps(point))
-        if tokens is None:
-            raise KilnError(f"{point.run} logged no tokens and no run with its trainer.steps did; cannot place it")
-        point.tokens = tokens
-    return points
-
-
-def _planned_steps(point: Point) -> Any:
-    return _read_config(point.run).trainer.steps
 
 
 def parametrization_order(name: str) -> tuple[int, str]:
@@ -321,15 +303,12 @@ def _select_curves(points: Sequence[Point], d_model: int | None, parametrization
     """The curves of the one (parametrization, width) asked for, or the only one there is."""
     curves = [c for c in group_curves(points) if d_model in (None, c.d_model)
               and parametrization in (None, c.parametrization)]
-    choices = sorted({(c.parametrization, c.d_model) for c in curves},
-                     key=lambda k: (parametrization_order(k[0]), k[1]))
-    if not choices:
+    if not curves:
         raise KilnError(f"no runs with d_model={d_model} parametrization={parametrization}; the sweep has "
                         + _describe_choices(group_curves(points)))
-    if len(choices) > 1:
-        listed = ", ".join(f"parametrization={p} d_model={w}" for p, w in choices)
-        raise KilnError(f"the sweep has several widths/parametrizations ({listed}); choose one with d_model and "
-                        "parametrization")
+    if len({(c.parametrization, c.d_model) for c in curves}) > 1:
+        raise KilnError(f"the sweep has several widths/parametrizations ({_describe_choices(curves)}); choose one "
+                        "with d_model and parametrization")
     return curves
 
 
