@@ -200,7 +200,7 @@ def _train(command: list[str], run_dir: Path) -> tuple[int, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     with (run_dir / LOG_FILE).open("a") as log:
-        log.write(f"=== kiln sweep {datetime.now().isoformat(timespec='seconds')}: {shlex.join(command)}\n")
+        log.write(f"=== {datetime.now().isoformat(timespec='seconds')}: {shlex.join(command)}\n")
         log.flush()
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
     return code, time.monotonic() - start

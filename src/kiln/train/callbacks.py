@@ -7,7 +7,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,15 +98,18 @@ class Evaluator(Callback):
 
 
 class Checkpointer(Callback):
-    """Saves every `every` steps and at the end, keeps the last `keep_last`; names the last good one on NaN.
+    """Saves every `every` steps, at each of `keep_steps` and at the end, keeps the last `keep_last` (and every one of
+    `keep_steps`); names the last good one on NaN.
 
     With `async_save`, the sharded state is written in the background and the step folder appears (and old ones
     are pruned) once it is complete; at most one save is in flight.
     """
 
     def __init__(self, run_dir: Path, every: int, keep_last: int, save_final: bool, loader, tokenizer,
-                 config_yaml: str, stateful: dict[str, Any], async_save: bool = False) -> None:
+                 config_yaml: str, stateful: dict[str, Any], async_save: bool = False,
+                 keep_steps: Collection[int] = ()) -> None:
         self.run_dir, self.every, self.keep_last, self.save_final = run_dir, every, keep_last, save_final
+        self.keep_steps = frozenset(keep_steps)
         self.loader, self.tokenizer, self.config_yaml, self.stateful = loader, tokenizer, config_yaml, stateful
         self.async_save, self.pending = async_save, None
 
@@ -114,11 +117,12 @@ class Checkpointer(Callback):
         step = trainer.state.step
         if self.pending is not None and self.pending.done():
             self.finish_pending()
-        if self.every and step % self.every == 0 and step != trainer.cfg.trainer.steps:
+        due = (self.every and step % self.every == 0) or step in self.keep_steps
+        if due and step != trainer.cfg.trainer.steps:
             self.save(trainer)
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        if self.save_final:
+        if self.save_final or trainer.state.step in self.keep_steps:
             self.save(trainer)
         self.finish_pending()
 
@@ -149,7 +153,7 @@ class Checkpointer(Callback):
 
     def _saved(self, path: Path) -> None:
         if is_rank0():
-            prune_checkpoints(self.run_dir, self.keep_last)
+            prune_checkpoints(self.run_dir, self.keep_last, self.keep_steps)
             log.info("saved checkpoint %s", path)
 
     def last_good(self) -> str:

@@ -23,6 +23,7 @@ import random
 import shutil
 import threading
 import warnings
+from collections.abc import Collection
 from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
@@ -172,8 +173,10 @@ def _write_error(tmp: Path, final: Path, err: OSError) -> KilnError:
     return KilnError(f"could not write checkpoint {final}: {err}. Earlier checkpoints are intact: {kept}")
 
 
-def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
-    for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+def prune_checkpoints(run_dir: Path, keep_last: int, keep_steps: Collection[int] = ()) -> None:
+    """Delete all but the newest `keep_last` checkpoints (0 keeps all), sparing the steps in `keep_steps`."""
+    prunable = [p for p in list_checkpoints(run_dir) if step_of(p) not in keep_steps]
+    for old in prunable[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
 
 

@@ -99,9 +99,14 @@ class CheckpointConfig:
     async_save: bool = False  # write the model/optimizer state in the background while training continues
     verify_hashes: bool = False  # on resume, check SHA-256 of every file (sizes are always checked)
     allow_fresh: bool = False  # start over when checkpoints exist but none verifies (default: stop with an error)
+    keep_steps: list[int] = field(default_factory=list)  # steps also saved and never pruned (a ladder's branch points)
+    init_from: str | None = None  # a step folder to start from when run_dir has no checkpoint (a fork: weights,
+    #                                optimizer, data position and step, as if resumed; a ladder's decay branch)
 
     def validate(self) -> None:
         require_non_negative(self, "checkpoint", "every", "keep_last")
+        require(all(isinstance(s, int) and s > 0 for s in self.keep_steps), "checkpoint.keep_steps", self.keep_steps,
+                "positive step numbers")
 
 
 @dataclass

@@ -136,7 +136,7 @@ def build_callbacks(cfg: TrainConfig, run_dir: Path, tokenizer, model_cfg: Model
                                     cfg.checkpoint.save_final, train_loader, tokenizer,
                                     yaml.safe_dump(cfg.to_dict(), sort_keys=False),
                                     stateful={"stability": monitor, "watchdog": watchdog},
-                                    async_save=cfg.checkpoint.async_save)
+                                    async_save=cfg.checkpoint.async_save, keep_steps=cfg.checkpoint.keep_steps)
     sampler = cbs.Sampler(run_dir, tokenizer, sample_prompts(cfg, train_loader, val_loader), cfg.eval.samples,
                           cfg.eval.sample_tokens, cfg.trainer.seed)
     callbacks = [watchdog, monitor, checkpointer, sampler]
@@ -209,6 +209,8 @@ def maybe_resume(cfg: TrainConfig, resume: bool | None, model_cfg: ModelConfig, 
     finish_interrupted_rollback(run_dir)  # a kill during a rollback may have left its discarded checkpoints
     path = newest_valid_checkpoint(run_dir, list_step_dirs, hashes=cfg.checkpoint.verify_hashes,
                                    allow_fresh=cfg.checkpoint.allow_fresh)
+    if path is None and cfg.checkpoint.init_from:
+        path = fork_source(Path(cfg.checkpoint.init_from), cfg.checkpoint.verify_hashes)
     if path is None:
         if resume:
             raise KilnError(f"--resume was given but {run_dir} holds no complete checkpoint")
@@ -229,6 +231,18 @@ def maybe_resume(cfg: TrainConfig, resume: bool | None, model_cfg: ModelConfig, 
             callback.load_state_dict(state["callbacks"][name])
     trainer.batches = iter(loader)
     log.info("resumed from %s at step %d", path, state["step"])
+    return path
+
+
+def fork_source(path: Path, hashes: bool) -> Path:
+    """The checkpoint a new run folder starts from (`checkpoint.init_from`), verified like a resume's."""
+    from kiln.faults.manifest import CheckpointInvalid, verify_checkpoint
+
+    try:
+        verify_checkpoint(path, hashes=hashes)
+    except CheckpointInvalid as err:
+        raise KilnError(f"checkpoint.init_from={str(path)!r} is not a complete checkpoint: {err}") from err
+    log.info("run folder has no checkpoint: starting from %s (checkpoint.init_from)", path)
     return path
 
 
@@ -273,6 +287,8 @@ def print_header(run: Run) -> None:
     """What is about to run, where, and what changed since the run's last start."""
     cfg, ranks = run.cfg, distributed.world_size()
     where = f"resuming {run.resumed_from}" if run.resumed_from else "from scratch"
+    if run.resumed_from and cfg.checkpoint.init_from and run.resumed_from == Path(cfg.checkpoint.init_from):
+        where = f"starting from {run.resumed_from} (checkpoint.init_from)"
     n_params = sum(p.numel() for p in run.model.parameters())
     print(f"kiln train: {run.model.cfg.n_layers}-layer model, {n_params:,} parameters, {cfg.trainer.steps} "
           f"steps of {cfg.tokens_per_step * ranks:,} tokens on {ranks} rank(s), run folder {run.run_dir} "
