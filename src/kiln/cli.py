@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "kiln.faults.commands",
     "kiln.experiments.commands",
     "kiln.mup.commands",
+    "kiln.ladder.commands",
 ]
 
 

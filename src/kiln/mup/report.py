@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
+from kiln.experiments.plotting import new_figure, save_figure, value_colors
 from kiln.mup.transfer import (
     PARAM_TITLES,
     REPORT_DIR,
@@ -28,26 +28,6 @@ from kiln.mup.transfer import (
 )
 
 # ---- plots ----
-
-def _new_figure(ncols: int, sharey: bool = False):
-    fig = Figure(figsize=(5.5 * ncols, 4.5), layout="constrained")
-    return fig, fig.subplots(1, ncols, sharey=sharey, squeeze=False)[0]
-
-
-def _save(fig: Figure, path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=110)
-
-
-def _colors(values: Sequence[float]) -> dict[float, Any]:
-    from matplotlib import colormaps
-
-    keys = sorted(set(values))
-    cmap = colormaps["viridis"]
-    return {k: cmap(0.85 * i / max(1, len(keys) - 1)) for i, k in enumerate(keys)}
-
 
 def _loss_ylim(curves: Sequence[Curve]) -> tuple[float, float]:
     """Limits that show every curve's basin: a diverged LR's huge loss would otherwise flatten all of them.
@@ -86,9 +66,9 @@ def plot_transfer(points: Sequence[Point], path: str | Path) -> Path:
     curves = group_curves(points)
     params = sorted({c.parametrization for c in curves}, key=parametrization_order)
     several_d = len({c.tokens for c in curves}) > 1
-    colors = _colors([c.d_model for c in curves])
+    colors = value_colors([c.d_model for c in curves])
     bottom, top = _loss_ylim(curves)
-    fig, axes = _new_figure(len(params), sharey=True)
+    fig, axes = new_figure(len(params), sharey=True)
     for ax, param in zip(axes, params):
         for curve in (c for c in curves if c.parametrization == param):
             label = f"d_model={curve.d_model}" + (f", D={curve.tokens:.3g}" if several_d else "")
@@ -97,16 +77,16 @@ def plot_transfer(points: Sequence[Point], path: str | Path) -> Path:
         ax.legend(fontsize=8)
     axes[0].set_ylim(bottom, top)
     axes[0].set_ylabel("final validation loss")
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
     return Path(path)
 
 
 def plot_duration(fit: DurationFit, points: Sequence[Point], path: str | Path) -> Path:
     """Left: loss vs LR per duration; right: optimal LR vs D (log-log) with the fitted power law and sigma bars."""
     curves = [c for c in group_curves(points) if (c.parametrization, c.d_model) == (fit.parametrization, fit.d_model)]
-    colors = _colors([c.tokens for c in curves])
+    colors = value_colors([c.tokens for c in curves])
     bottom, top = _loss_ylim(curves)
-    fig, (left, right) = _new_figure(2)
+    fig, (left, right) = new_figure(2)
     for curve in curves:
         _plot_curve(left, curve, colors[curve.tokens], f"D={curve.tokens:.3g}", top)
     _style_lr_axes(left, f"{PARAM_TITLES.get(fit.parametrization, fit.parametrization)}, d_model={fit.d_model}")
@@ -114,7 +94,7 @@ def plot_duration(fit: DurationFit, points: Sequence[Point], path: str | Path) -
     left.set_ylabel("final validation loss")
     left.legend(fontsize=8)
     _plot_power_law(right, fit)
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
     return Path(path)
 
 

@@ -1,0 +1,1 @@
+"""Scaling ladders: small runs that predict a bigger one's loss (docs/ladder.md)."""
