@@ -7,7 +7,17 @@ from pathlib import Path
 import pytest
 
 from kiln.config import ConfigKeyError
-from kiln.ladder.spec import HeldOut, LadderSpec, PowerLaw, ShapeRule, load_spec, model_shape, plan_ladder, run_steps
+from kiln.ladder.spec import (
+    HeldOut,
+    LadderSpec,
+    PowerLaw,
+    ShapeRule,
+    format_count,
+    load_spec,
+    model_shape,
+    plan_ladder,
+    run_steps,
+)
 from kiln.model.config import ModelConfig, param_counts
 from kiln.model.presets import PRESETS
 from kiln.train.config import load_config
@@ -95,3 +105,19 @@ def test_every_shipped_ladder_spec_loads_with_a_valid_train_recipe(path):
     cfg = load_config(None, spec.train)
     assert cfg.data.seq_len > 0 and len(spec.sizes) >= 5
     assert min(spec.heldout.sizes) >= 4 * max(spec.sizes)  # the proof's held-out model is 4x the top rung
+
+
+def test_sizes_that_round_to_one_model_are_refused_by_name(tiny_dataset):
+    with pytest.raises(ConfigKeyError, match="n6k and n7k round to the same model"):
+        plan_ladder(_spec(tiny_dataset, sizes=[6000, 7000], shape=ShapeRule(aspect_ratio=16, head_dim=16)))
+
+
+def test_min_layers_is_a_depth_floor():
+    base = {k: v for k, v in PRESETS["olmo2-tiny"].items() if k != "vocab_size"}
+    assert model_shape(5000, ShapeRule(aspect_ratio=16, head_dim=8), 512, base)[0]["n_layers"] == 1
+    assert model_shape(5000, ShapeRule(aspect_ratio=16, head_dim=8, min_layers=2), 512, base)[0]["n_layers"] == 2
+
+
+@pytest.mark.parametrize("n, text", [(950, "950"), (6250, "6.25k"), (1.5e6, "1.5M"), (1.43e9, "1.43B"), (2e12, "2T")])
+def test_counts_are_written_with_the_largest_fitting_unit(n, text):
+    assert format_count(n) == text

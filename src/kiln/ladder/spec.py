@@ -30,6 +30,7 @@ class ShapeRule:
     aspect_ratio: float = 32.0  # d_model per layer
     head_dim: int = 16  # d_model is a multiple of it
     mlp_ratio: float = 4.0  # d_ff / d_model (Kiln's OLMo 2 presets; SwiGLU hidden size)
+    min_layers: int = 1  # depth floor: a one-layer model (no composition of heads) scales unlike deeper ones
 
 
 @dataclass
@@ -113,8 +114,8 @@ class Rung:
 
 
 def format_count(n: float) -> str:
-    """6250 -> 6.25k, 100000 -> 100k, 1.5e6 -> 1.5M."""
-    for unit, size in (("M", 1e6), ("k", 1e3)):
+    """6250 -> 6.25k, 100000 -> 100k, 1.5e6 -> 1.5M, 1.43e9 -> 1.43B."""
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if n >= size:
             return f"{n / size:.3g}{unit}"
     return f"{n:.3g}"
@@ -126,7 +127,7 @@ def model_shape(target: int, rule: ShapeRule, vocab_size: int, base: dict[str, A
     Depth comes first from the aspect ratio (N ~ k d^2 L with d = ratio x L), then width is refit at that depth.
     """
     per_d2 = _count(base, vocab_size, 1, 64, rule) / 64**2  # parameters per layer / d_model^2, near enough
-    layers = max(1, round((target / (per_d2 * rule.aspect_ratio**2)) ** (1 / 3)))
+    layers = max(rule.min_layers, 1, round((target / (per_d2 * rule.aspect_ratio**2)) ** (1 / 3)))
     best: tuple[dict[str, int], int] | None = None
     for mult in range(1, 4096):
         d = mult * rule.head_dim
@@ -182,6 +183,12 @@ def plan_ladder(spec: LadderSpec) -> list[Rung]:
     names = [r.name for r in rungs]
     if len(set(names)) != len(names):
         raise ConfigKeyError(f"two sizes share a rung name ({', '.join(names)}); make the sizes differ more")
+    shapes: dict[tuple, str] = {}
+    for rung in rungs:
+        other = shapes.setdefault(tuple(rung.model.values()), rung.name)
+        if other != rung.name:
+            raise ConfigKeyError(f"sizes {other} and {rung.name} round to the same model ({rung.model}, N={rung.n:,}); "
+                                 "spread the sizes further or lower shape.head_dim")
     return rungs
 
 
