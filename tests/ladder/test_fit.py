@@ -101,7 +101,7 @@ def test_plots_write_images(tmp_path):
     rows = [{"predicted": float(TRUE.predict(a, b)), "actual": c, "heldout": False} for a, b, c in zip(n, d, y)]
     rows.append({"predicted": 2.0, "actual": 2.02, "lo": 1.95, "hi": 2.05, "heldout": True, "label": "held"})
     x = np.linspace(1, 3, 10)
-    paths = [plot_loss_vs_tokens(points, TRUE, tmp_path / "a.png", "loss", heldout=held),
+    paths = [plot_loss_vs_tokens(points, TRUE, tmp_path / "a.png", "loss", "val loss", heldout=held),
              plot_predicted_vs_actual(rows, tmp_path / "b.png", "pred"),
              plot_sigmoid(x, 0.25 + 0.1 * (x < 2), SigmoidFit(0.25, 0.1, -5, 2), tmp_path / "c.png", "acc",
                           heldout=[{"x": 1.5, "acc": 0.3}])]

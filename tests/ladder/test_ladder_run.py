@@ -18,7 +18,7 @@ EVALS = Path(__file__).parents[1] / "assets" / "evals"
 
 def _spec(tmp_path: Path, dataset: Path) -> Path:
     spec = {
-        "sizes": [1000, 2000, 4000, 8000, 16000], "multiples": [0.5, 1],
+        "sizes": [1000, 3000, 8000, 16000, 32000], "multiples": [0.5, 1], "tokens_per_param": 5,
         "heldout": {"sizes": [64000], "multiples": [0.5]},
         "shape": {"aspect_ratio": 16, "head_dim": 8},
         "eval_tokens": 2048,
@@ -68,6 +68,8 @@ def test_ladder_runs_fits_and_predicts(tiny_dataset, tmp_path, capsys):
     assert main(["ladder", "fit", str(out), "--samples", "20"]) == 0
     report = (out / "fit.md").read_text()
     assert "Held-out runs: predicted vs actual" in report and "n64k/0.5xC" in report
+    table = [line for line in report.split("## Held-out runs")[1].split("##")[0].splitlines() if line.startswith("|")]
+    assert len(table) > 3 and {line.count("|") for line in table} == {8}  # every row has all 7 cells
     fitted = json.loads((out / "fit.json").read_text())
     assert fitted["points"] == 10 and len(fitted["loss"]["bootstrap"]) > 10
     check = fitted["heldout"][0]

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import ScalarFormatter
 
 from kiln.experiments.plotting import new_figure, save_figure, value_colors
 from kiln.ladder.fit import LawFit, SigmoidFit
 from kiln.ladder.spec import format_count
 
 
-def plot_loss_vs_tokens(points: list[dict], fit: LawFit, path: Path, title: str,
+def plot_loss_vs_tokens(points: list[dict], fit: LawFit, path: Path, title: str, ylabel: str,
                         heldout: list[dict] | None = None) -> Path:
     """Measured points ({n, d, value}) and the law's curve over D for each N, on log-log axes."""
     heldout = heldout or []
@@ -28,7 +29,9 @@ def plot_loss_vs_tokens(points: list[dict], fit: LawFit, path: Path, title: str,
         ax.plot([p["d"] for p in mine], [p["value"] for p in mine], "*", color="crimson", markersize=13,
                 label=f"N={format_count(n)} held out")
         ax.plot(d_grid, fit.predict(n, d_grid), "--", color="crimson", alpha=0.8)
-    ax.set(xscale="log", yscale="log", xlabel="tokens D", ylabel="value", title=title)
+    ax.set(xscale="log", yscale="log", xlabel="tokens D", ylabel=ylabel, title=title)
+    ax.yaxis.set_major_formatter(ScalarFormatter())  # a loss of 3.5 reads better than 3.5 x 10^0
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 

@@ -42,6 +42,13 @@ def fit_law_with_bootstrap(points: list[Point], value, samples: int, seed: int) 
     return {"fit": fit.to_dict(), "bootstrap": [b.to_dict() for b in bootstrap(n, d, y, samples=samples, seed=seed)]}
 
 
+# A ladder whose best accuracy is within this of chance has not shown the sigmoid's rise: 0.05 is 2.5 standard
+# errors of a 4-way task's accuracy on 500 questions.
+CHANCE_MARGIN = 0.05
+UNCONSTRAINED = (f"(the ladder's accuracies never rose {CHANCE_MARGIN} above chance, so this step is unconstrained "
+                 "by data: treat its value and interval as unknown)")
+
+
 def fit_task(points: list[Point], task: str, samples: int, seed: int) -> dict[str, Any]:
     """The task's bpb law and, for a task with an accuracy, the sigmoid from bpb to accuracy."""
     have = [p for p in points if task in p.tasks]
@@ -51,6 +58,7 @@ def fit_task(points: list[Point], task: str, samples: int, seed: int) -> dict[st
         acc = np.array([p.tasks[task].accuracy for p in have])
         floor = float(np.mean([p.tasks[task].chance for p in have]))
         out["sigmoid"] = fit_sigmoid(x, acc, floor).to_dict()
+        out["rose_above_chance"] = bool(acc.max() > floor + CHANCE_MARGIN)
         out["sigmoid_bootstrap"] = [s.to_dict() for s in bootstrap_sigmoid(x, acc, floor, samples=samples, seed=seed)]
     return out
 
@@ -89,6 +97,7 @@ def predict(fitted: dict[str, Any], n: float, tokens: float, level: float = 0.9)
             chained = np.array([s.predict(b) for s, b in zip(sigmoids, bpb_boots)])  # both steps' uncertainty
             result["accuracy"] = _spread(chained, float(acc), level)
             result["chance"] = entry["sigmoid"]["floor"]
+            result["unconstrained"] = not entry.get("rose_above_chance", True)
         out["tasks"][task] = result
     return out
 
@@ -157,7 +166,7 @@ def heldout_lines(checks: list[dict[str, Any]]) -> list[str]:
         for task, result in row["tasks"].items():
             items += [(f"{task} {key}", value) for key, value in result.items()]
         for i, (what, check) in enumerate(items):
-            lead = first if i == 0 else " | "
+            lead = first if i == 0 else " |  | "
             lines.append(f"| {lead} | {what} | {_interval_text(check)} | {check['actual']:.4f} | "
                          f"{_pct(check['error'])} |")
     return lines
@@ -178,6 +187,8 @@ def report_lines(points: list[Point], missing: list[str], fitted: dict[str, Any]
             s = entry["sigmoid"]
             lines += ["", f"Accuracy = {s['floor']:.4g} + {s['a']:.4g} / (1 + exp(-({s['k']:.4g}) (bpb - "
                       f"{s['x0']:.4g})))  (floor = chance)"]
+            if not entry.get("rose_above_chance", True):
+                lines += ["", UNCONSTRAINED]
     if checks:
         lines += ["", "## Held-out runs: predicted vs actual", ""] + heldout_lines(checks)
     lines += ["", "## Compute-optimal allocation (C = 6 N D)", "", "| FLOPs | N | D | D/N | predicted loss |",
@@ -233,6 +244,8 @@ def prediction_lines(pred: dict[str, Any]) -> list[str]:
         lines.append(f"{task} bpb  {_interval_text(result['bpb'])}")
         if "accuracy" in result:
             lines.append(f"{task} accuracy  {_interval_text(result['accuracy'])}  (chance {result['chance']:.4f})")
+            if result.get("unconstrained"):
+                lines.append(f"  {UNCONSTRAINED}")
     return lines
 
 
@@ -248,7 +261,8 @@ def write_plots(points: list[Point], fitted: dict[str, Any], checks: list[dict[s
     for name, title, value, entry in quantities:
         mine, held_mine = _value_rows(ladder, name, value), _value_rows(held, name, value)
         written.append(plots.plot_loss_vs_tokens(mine, LawFit.from_dict(entry["fit"]), out / f"{name}_vs_tokens.png",
-                                                  f"{title} vs tokens, fitted law per N", heldout=held_mine or None))
+                                                  f"{title} vs tokens, fitted law per N", title,
+                                                  heldout=held_mine or None))
     written.append(plots.plot_predicted_vs_actual(_predicted_rows(points, fitted, checks),
                                                   out / "predicted_vs_actual.png",
                                                   "validation loss: fitted law vs measured"))
