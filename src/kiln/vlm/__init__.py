@@ -1,0 +1,1 @@
+"""A small Molmo-style pointing vision-language model: synthetic scenes, model, training, evaluation."""
