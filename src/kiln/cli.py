@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "kiln.experiments.commands",
     "kiln.mup.commands",
     "kiln.ladder.commands",
+    "kiln.vlm.commands",
 ]
 
 
