@@ -248,20 +248,26 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: Tensor, *, doc_ids: Tensor | None = None, pad_mask: Tensor | None = None,
                 cache: KVCache | None = None, last_only: bool = False, positions: Tensor | None = None,
-                attn_mask: Tensor | None = None) -> Tensor:
+                attn_mask: Tensor | None = None, prefix: Tensor | None = None) -> Tensor:
         """`doc_ids` (B, T) keeps attention inside documents; `pad_mask` (B, cache + T) marks real tokens.
         `last_only` returns the last position's logits (B, 1, V): scoring a prompt needs no more. `positions`
         (B, T) and a boolean `attn_mask` (B, 1, T, T) run packed rows, such as several continuations of one prompt
-        that each see the prompt but not each other; they replace the positions and mask derived from the rest."""
-        B, T = input_ids.shape
+        that each see the prompt but not each other; they replace the positions and mask derived from the rest.
+        `prefix` (B, P, C) are embeddings placed before the tokens (a VLM's image tokens); the logits then cover
+        P + T positions."""
+        x = self.embed(input_ids)  # (B, T, C)
+        if prefix is not None:
+            x = torch.cat([prefix.to(x.dtype), x], dim=1)
+        B, T = x.shape[:2]
         start = cache.length if cache is not None else 0
+        if prefix is not None and doc_ids is not None:
+            raise ValueError("doc_ids cover the tokens only; they cannot be combined with prefix embeddings")
         if doc_ids is not None and cache is not None:
             raise ValueError("intra-document masking is for training; it cannot be combined with a KV cache")
         if positions is None:
             positions = self._positions(B, T, start, pad_mask, input_ids.device)
         rope = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
         mask = attn_mask if attn_mask is not None else attention_mask(T, start, doc_ids, pad_mask, input_ids.device)
-        x = self.embed(input_ids)  # (B, T, C)
         for block in self.blocks:
             x = block(x, rope, mask, cache)
         if cache is not None:

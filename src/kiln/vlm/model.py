@@ -1,0 +1,136 @@
+"""The VLM: a small ViT, Molmo's connector, and Kiln's decoder, read top to bottom.
+
+image (B, 3, H, W) -> patches of `patch` px -> ViT -> 2x2 pooling of neighbouring patch features -> MLP to the
+decoder's width -> image tokens placed before the text tokens -> the Kiln Transformer -> logits of the text
+positions only, so a batch's labels line up with its token ids and the trainer's loss needs no change.
+
+Molmo (Deitke et al. 2024, "Molmo and PixMo", section 2) crops a CLIP ViT-L/14's features, pools each 2x2 window of
+patches (with attention) and projects them with an MLP into the LLM; here the ViT is trained from scratch and the
+pooling is a plain mean, the smallest version of the same design.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kiln.model.config import ModelConfig
+from kiln.model.init import trunc_normal_
+from kiln.model.transformer import Transformer
+
+
+@dataclass
+class VisionConfig:
+    """The image encoder's shape. 96 px images in 8 px patches give 12 x 12 patches, pooled to 6 x 6 = 36 tokens."""
+
+    image_size: int = 96
+    patch: int = 8
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    pool: int = 2  # Molmo pools 2 x 2 patches into one image token
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch:
+            raise ValueError(f"vision.image_size={self.image_size} is not a multiple of vision.patch={self.patch}")
+        if self.grid % self.pool:
+            raise ValueError(f"the {self.grid} x {self.grid} patch grid does not split into {self.pool} x "
+                             f"{self.pool} windows; change vision.image_size, vision.patch or vision.pool")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"vision.d_model={self.d_model} is not a multiple of vision.n_heads={self.n_heads}")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch
+
+    @property
+    def image_tokens(self) -> int:
+        return (self.grid // self.pool) ** 2
+
+
+@dataclass
+class VLMConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: ModelConfig = field(default_factory=ModelConfig)
+
+    def to_dict(self) -> dict:
+        return {"vision": asdict(self.vision), "text": self.text.to_dict()}
+
+
+class ViT(nn.Module):
+    """Patches -> pre-norm transformer encoder (torch's own layers) with learned row and column embeddings."""
+
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.patchify = nn.Conv2d(3, cfg.d_model, kernel_size=cfg.patch, stride=cfg.patch)
+        self.row_embed = nn.Parameter(torch.zeros(cfg.grid, cfg.d_model))  # 2-D positions: row + column
+        self.col_embed = nn.Parameter(torch.zeros(cfg.grid, cfg.d_model))
+        layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, int(cfg.mlp_ratio * cfg.d_model), dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, norm=nn.LayerNorm(cfg.d_model),
+                                             enable_nested_tensor=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, grid, grid, d) patch features."""
+        x = self.patchify(images * 2 - 1)  # (B, d, grid, grid)
+        x = x.permute(0, 2, 3, 1) + self.row_embed[:, None] + self.col_embed[None, :]
+        B, G = x.shape[0], self.cfg.grid
+        return self.encoder(x.reshape(B, G * G, -1)).reshape(B, G, G, -1)
+
+
+class Connector(nn.Module):
+    """Mean of each pool x pool window of patches, then an MLP into the decoder's width (Molmo's connector)."""
+
+    def __init__(self, vision: VisionConfig, d_text: int) -> None:
+        super().__init__()
+        self.pool = vision.pool
+        self.mlp = nn.Sequential(nn.Linear(vision.d_model, d_text), nn.GELU(), nn.Linear(d_text, d_text))
+
+    def forward(self, patches: Tensor) -> Tensor:
+        """(B, G, G, d) -> (B, (G / pool)^2, d_text), windows in row-major order."""
+        x = F.avg_pool2d(patches.permute(0, 3, 1, 2), self.pool)  # (B, d, G/p, G/p)
+        return self.mlp(x.flatten(2).transpose(1, 2))
+
+
+class VLM(nn.Module):
+    """(images, token ids) -> logits of the text positions; image tokens come first."""
+
+    def __init__(self, cfg: VLMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vision = ViT(cfg.vision)
+        self.connector = Connector(cfg.vision, cfg.text.d_model)
+        self.text = Transformer(cfg.text)  # initialises itself (kiln.model.init)
+        init_vision_weights(self, cfg.vision.init_std)
+
+    def image_tokens(self, images: Tensor) -> Tensor:
+        return self.connector(self.vision(images))
+
+    def forward(self, input_ids: Tensor, *, images: Tensor, **kwargs) -> Tensor:
+        prefix = self.image_tokens(images)
+        logits = self.text(input_ids, prefix=prefix, **kwargs)
+        return logits if kwargs.get("last_only") else logits[:, prefix.shape[1]:]
+
+
+def init_vision_weights(model: VLM, std: float) -> None:
+    """Every vision and connector matrix from a truncated normal(0, std), as OLMo 2 initialises its decoder
+    (kiln.model.init); biases zero, LayerNorms one; position embeddings normal(0, std)."""
+    for module in [*model.vision.modules(), *model.connector.modules()]:
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            trunc_normal_(module.weight, std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.MultiheadAttention):
+            trunc_normal_(module.in_proj_weight, std)
+            nn.init.zeros_(module.in_proj_bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    trunc_normal_(model.vision.row_embed, std)
+    trunc_normal_(model.vision.col_embed, std)

@@ -1,0 +1,58 @@
+"""The VLM's wiring: image tokens sit before the text, and the text positions' logits come back aligned."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kiln.model.config import ModelConfig
+from kiln.model.presets import PRESETS
+from kiln.vlm.model import VLM, VisionConfig, VLMConfig
+
+
+def _vlm(seed: int = 0) -> VLM:
+    torch.manual_seed(seed)
+    text = ModelConfig(**{**PRESETS["olmo2-tiny"], "vocab_size": 64, "n_layers": 2, "d_model": 32, "n_heads": 2,
+                          "d_ff": 64})
+    return VLM(VLMConfig(VisionConfig(image_size=32, patch=8, d_model=16, n_layers=1, n_heads=2), text)).eval()
+
+
+def test_logits_cover_the_text_positions_and_equal_the_decoder_fed_the_image_prefix():
+    model, ids, images = _vlm(), torch.randint(0, 64, (2, 5)), torch.rand(2, 3, 32, 32)
+    logits = model(ids, images=images)
+    assert logits.shape[:2] == (2, 5)
+    prefix = model.image_tokens(images)
+    assert prefix.shape == (2, 4, 32)  # 4 x 4 patches pooled 2 x 2
+    embeds = torch.cat([prefix, model.text.embed(ids)], dim=1)  # the placement, written out by hand
+    by_hand = model.text(ids[:, :0], prefix=embeds)  # every position given as an embedding
+    assert torch.allclose(logits, by_hand[:, 4:], atol=1e-6)
+
+
+def test_image_tokens_come_before_the_text_so_the_first_token_sees_the_image():
+    model, ids = _vlm(), torch.randint(0, 64, (1, 5))
+    a = model(ids, images=torch.zeros(1, 3, 32, 32))
+    b = model(ids, images=torch.ones(1, 3, 32, 32))
+    assert not torch.allclose(a[:, 0], b[:, 0], atol=1e-6)  # image tokens after the text could not reach token 0
+
+
+def test_the_text_part_does_not_see_future_tokens():
+    model, images = _vlm(), torch.rand(1, 3, 32, 32)
+    ids = torch.randint(0, 64, (1, 6))
+    changed = ids.clone()
+    changed[0, 4:] = (ids[0, 4:] + 1) % 64
+    assert torch.allclose(model(ids, images=images)[:, :4], model(changed, images=images)[:, :4], atol=1e-6)
+
+
+def test_every_vision_weight_is_initialised_from_the_configured_std():
+    model = _vlm()
+    w = model.vision.encoder.layers[0].linear1.weight
+    assert 0.015 < w.std().item() < 0.025 and w.abs().max().item() <= 3 * 0.02 + 1e-6
+    assert model.vision.encoder.layers[0].self_attn.in_proj_bias.abs().max().item() == 0
+
+
+@pytest.mark.parametrize("kwargs, message", [(dict(image_size=30, patch=8), "multiple of vision.patch"),
+                                             (dict(image_size=24, patch=8), "does not split"),
+                                             (dict(d_model=30, n_heads=4), "vision.n_heads")])
+def test_bad_vision_shapes_are_refused_naming_the_key(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        VisionConfig(**kwargs)
