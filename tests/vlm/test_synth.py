@@ -56,6 +56,7 @@ def test_cli_writes_images_splits_and_meta(dataset, capsys):
     records = _all_records(dataset)
     assert meta["n"] == 40 and meta["test_n"] == 12 and meta["image_size"] == [96, 96]
     assert len(list((dataset / "images").glob("*.png"))) == 52
+    assert (dataset / "tokenizer.json").is_file()  # the folder carries the tokenizer it is trained with
     for split in SPLITS:
         assert meta["splits"][split]["questions"] == len(records[split]) > 0
     image = Image.open(dataset / records["train"][0]["image"])
@@ -63,7 +64,8 @@ def test_cli_writes_images_splits_and_meta(dataset, capsys):
 
 
 def test_same_seed_same_bytes_other_seed_other_files(dataset, tmp_path):
-    write_dataset(SynthConfig(n=40, seed=7, test_n=12), tmp_path / "again", workers=2)
+    assert _run_cli("vlm", "data", "--out", str(tmp_path / "again"), "--n", "40", "--seed", "7", "--test-n", "12",
+                    "--workers", "2") == 0
     write_dataset(SynthConfig(n=40, seed=8, test_n=12), tmp_path / "other")
     assert _file_bytes(tmp_path / "again") == _file_bytes(dataset)
     assert (tmp_path / "other" / "train.jsonl").read_bytes() != (dataset / "train.jsonl").read_bytes()

@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d = commands.add_parser("data", help="write the synthetic pointing/counting dataset",
                             description="Draw N train+val scenes and the held-out test scenes (colour/shape pairs "
                             "never seen in train or val) with their questions: DIR/images/*.png, "
-                            "DIR/{train,val,test}.jsonl and DIR/meta.json. The same seed gives identical files.")
+                            "DIR/{train,val,test}.jsonl, DIR/meta.json and DIR/tokenizer.json (a BPE of the "
+                            "training text). The same seed gives identical files.")
     d.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
     d.add_argument("--n", type=int, required=True, help="train+val images, e.g. 20000")
     d.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
@@ -33,7 +34,8 @@ def run_data(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from kiln.errors import KilnError
-    from kiln.vlm.synth import SPLITS, SynthConfig, write_dataset
+    from kiln.vlm.batches import write_tokenizer
+    from kiln.vlm.synth import SPLITS, SynthConfig, load_split, write_dataset
 
     _check_data_args(args)
     out = Path(args.out)
@@ -44,6 +46,7 @@ def run_data(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with tqdm(total=cfg.n + cfg.test_images, unit="image", desc="vlm data") as bar:
         stats = write_dataset(cfg, out, workers=args.workers, progress=bar.update)
+    write_tokenizer(out, load_split(out, "train"))  # the folder carries its tokenizer, as a prepared dataset does
     questions = ", ".join(f"{split} {stats[split].questions}" for split in SPLITS)
     images = sum(s.images for s in stats.values())
     print(f"wrote {out}: {images} images; questions: {questions}; {time.perf_counter() - start:.1f} s")

@@ -1,0 +1,125 @@
+"""Question/answer records -> batches of (images, token ids, labels) with the loss on the answer only.
+
+A row is `question \\n answer <eos>` after the image tokens (which the model places before it). Labels are the next
+token, -100 wherever that token belongs to the question or the separator, so the model is trained to answer, not
+to ask; the <eos> after the answer is a target, so it learns when to stop. Rows are right-padded: under causal
+attention padding after a row's end cannot change what comes before it.
+
+The dataset folder carries its tokenizer (DIR/tokenizer.json), a byte-level BPE trained on its training text, as a
+prepared text dataset does (`kiln prepare`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tokenizers import Tokenizer
+
+from kiln.data.tokenizer import eos_id, train_bpe
+
+IGNORE_INDEX = -100
+SEPARATOR = "\n"
+TOKENIZER_FILE = "tokenizer.json"
+STATE_VERSION = 1
+
+
+@dataclass
+class VLMBatch:
+    """One micro-batch; `input_ids`, `labels` and `doc_ids` as the text trainer's `Batch` has them."""
+
+    images: torch.Tensor  # (B, 3, H, W) float in [0, 1]
+    input_ids: torch.Tensor  # (B, T) int64
+    labels: torch.Tensor  # (B, T) int64, IGNORE_INDEX off the answer
+    doc_ids: torch.Tensor  # (B, T) zeros: a row is one document
+
+
+def write_tokenizer(directory: str | Path, records: list[dict], vocab_size: int = 512) -> Tokenizer:
+    """Train the dataset's BPE on its training questions and answers and save it in the folder."""
+    tok = train_bpe((r["question"] + SEPARATOR + r["answer"] for r in records), vocab_size)
+    tok.save(str(Path(directory) / TOKENIZER_FILE))
+    return tok
+
+
+def load_dataset_tokenizer(directory: str | Path) -> Tokenizer:
+    return Tokenizer.from_file(str(Path(directory) / TOKENIZER_FILE))
+
+
+def encode_example(tok: Tokenizer, question: str, answer: str) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of one row: labels[i] is token i+1 when it is part of the answer or its <eos>."""
+    prompt = tok.encode(question + SEPARATOR).ids
+    reply = tok.encode(answer).ids + [eos_id(tok)]
+    tokens = prompt + reply
+    labels = [IGNORE_INDEX] * (len(prompt) - 1) + reply
+    return tokens[:-1], labels
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """(3, H, W) float in [0, 1]."""
+    with Image.open(path) as image:
+        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def collate(rows: list[tuple[torch.Tensor, list[int], list[int]]], pad_id: int) -> VLMBatch:
+    """Stack images; right-pad ids with `pad_id` and labels with IGNORE_INDEX to the longest row."""
+    width = max(len(ids) for _, ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for i, (_, row_ids, row_labels) in enumerate(rows):
+        ids[i, :len(row_ids)] = torch.tensor(row_ids)
+        labels[i, :len(row_labels)] = torch.tensor(row_labels)
+    images = torch.stack([image for image, _, _ in rows])
+    return VLMBatch(images, ids, labels, torch.zeros_like(ids))
+
+
+class VLMLoader:
+    """Batches of one split's records. split="train" runs forever, each epoch a permutation keyed by (seed, epoch);
+    other splits are one pass in file order. `state_dict` holds the position, so a resumed run sees the same
+    batches an uninterrupted one would."""
+
+    def __init__(self, directory: str | Path, records: list[dict], tok: Tokenizer, batch_size: int, seed: int = 0,
+                 train: bool = True) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be 1 or more, got {batch_size}")
+        if not records:
+            raise ValueError(f"no records to batch in {directory}")
+        self.directory, self.records, self.tok = Path(directory), records, tok
+        self.batch_size, self.seed, self.train = batch_size, seed, train
+        self.pad_id = eos_id(tok)
+        self.epoch = self.position = 0
+
+    def __iter__(self) -> Iterator[VLMBatch]:
+        if not self.train:
+            for start in range(0, len(self.records), self.batch_size):
+                yield self._batch(range(start, min(start + self.batch_size, len(self.records))))
+            return
+        while True:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.records))
+            while self.position + self.batch_size <= len(order):
+                rows = order[self.position:self.position + self.batch_size]
+                self.position += self.batch_size
+                yield self._batch(rows)
+            self.epoch, self.position = self.epoch + 1, 0
+
+    def _batch(self, indices) -> VLMBatch:
+        rows = []
+        for i in indices:
+            record = self.records[int(i)]
+            ids, labels = encode_example(self.tok, record["question"], record["answer"])
+            rows.append((load_image(self.directory / record["image"]), ids, labels))
+        return collate(rows, self.pad_id)
+
+    def state_dict(self) -> dict:
+        return {"version": STATE_VERSION, "epoch": self.epoch, "position": self.position, "seed": self.seed,
+                "records": len(self.records)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["records"] != len(self.records):
+            raise ValueError(f"the checkpoint's loader read {state['records']} records, this split has "
+                             f"{len(self.records)}: the dataset changed")
+        self.epoch, self.position = state["epoch"], state["position"]

@@ -1,0 +1,83 @@
+"""Rows of (image, question, answer) become batches whose loss falls on the answer alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from kiln.train.trainer import loss_terms
+from kiln.vlm.batches import IGNORE_INDEX, VLMLoader, collate, encode_example, load_dataset_tokenizer, write_tokenizer
+from kiln.vlm.synth import SynthConfig, load_split, write_dataset
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("vlm")
+    write_dataset(SynthConfig(n=16, seed=3, size=48), out)
+    write_tokenizer(out, load_split(out, "train"), vocab_size=300)
+    return out
+
+
+def test_labels_are_the_answer_and_its_end_token_only(data):
+    tok = load_dataset_tokenizer(data)
+    record = load_split(data, "train")[0]
+    ids, labels = encode_example(tok, record["question"], record["answer"])
+    assert len(ids) == len(labels)
+    targets = [t for t in labels if t != IGNORE_INDEX]
+    assert tok.decode(targets[:-1]) == record["answer"] and targets[-1] == tok.token_to_id("<|endoftext|>")
+    first = labels.index(targets[0])
+    assert tok.decode(ids[:first + 1]) == record["question"] + "\n"  # what the model reads before answering
+    assert labels[first:] == targets  # the answer is contiguous and runs to the end of the row
+    assert ids[first + 1:] == targets[:-1]  # teacher forcing: each answer token is the next row's input
+
+
+def test_loss_gradient_reaches_answer_positions_only(data):
+    tok = load_dataset_tokenizer(data)
+    records = load_split(data, "train")[:2]
+    rows = [(torch.zeros(3, 48, 48), *encode_example(tok, r["question"], r["answer"])) for r in records]
+    batch = collate(rows, pad_id=0)
+    logits = torch.randn(*batch.input_ids.shape, 300, requires_grad=True)
+    n = int((batch.labels != IGNORE_INDEX).sum())
+    ce, z = loss_terms(logits, batch.labels, n, 1e-4)
+    (ce + z).backward()
+    touched = logits.grad.abs().sum(-1) > 0
+    assert torch.equal(touched, batch.labels != IGNORE_INDEX)  # question and padding positions get no gradient
+
+
+def test_short_rows_are_padded_with_ignored_labels():
+    rows = [(torch.zeros(3, 4, 4), [5, 6, 7], [IGNORE_INDEX, 7, 8]), (torch.ones(3, 4, 4), [5], [9])]
+    batch = collate(rows, pad_id=0)
+    assert batch.input_ids.tolist() == [[5, 6, 7], [5, 0, 0]]
+    assert batch.labels.tolist() == [[IGNORE_INDEX, 7, 8], [9, IGNORE_INDEX, IGNORE_INDEX]]
+    assert batch.images.shape == (2, 3, 4, 4) and batch.images[1].min() == 1
+
+
+def test_a_resumed_loader_continues_with_the_batches_an_uninterrupted_one_gives(data):
+    tok, records = load_dataset_tokenizer(data), load_split(data, "train")
+    loader = VLMLoader(data, records, tok, batch_size=4, seed=1)
+    stream = iter(loader)
+    seen = [next(stream) for _ in range(len(records) // 4 + 2)]  # past an epoch's end
+    state = loader.state_dict()
+    expected = next(stream)
+    again = VLMLoader(data, records, tok, batch_size=4, seed=1)
+    again.load_state_dict(state)
+    got = next(iter(again))
+    assert torch.equal(got.input_ids, expected.input_ids) and torch.equal(got.images, expected.images)
+    assert not torch.equal(seen[0].input_ids, seen[len(records) // 4].input_ids)  # a new epoch, a new order
+
+
+def test_an_evaluation_pass_reads_every_record_once_in_order(data):
+    tok, records = load_dataset_tokenizer(data), load_split(data, "val")
+    batches = list(VLMLoader(data, records, tok, batch_size=3, train=False))
+    assert sum(len(b.input_ids) for b in batches) == len(records)
+    first = encode_example(tok, records[0]["question"], records[0]["answer"])[0]
+    assert batches[0].input_ids[0, :len(first)].tolist() == first
+
+
+def test_a_loader_for_another_dataset_size_refuses_the_state(data):
+    tok, records = load_dataset_tokenizer(data), load_split(data, "train")
+    loader = VLMLoader(data, records[:-1], tok, batch_size=2)
+    with pytest.raises(ValueError, match="the dataset changed"):
+        loader.load_state_dict(VLMLoader(data, records, tok, batch_size=2).state_dict())
