@@ -49,12 +49,14 @@ class Decoder:
     """Next-token logits for a batch of left-padded sequences that grow one token per step.
 
     With `use_cache` the prompt is run once and each step feeds only the new token; without it every step
-    reruns the whole sequence. Both see the same tokens, pad mask and positions.
+    reruns the whole sequence. Both see the same tokens, pad mask and positions. `prefix` (B, P, C) embeddings
+    (a VLM's image tokens) come before each row, padding included, and are always attended to.
     """
 
     def __init__(self, model: Transformer, prompts_ids: list[list[int]], max_new_tokens: int,
-                 use_cache: bool = True) -> None:
-        self.model = model
+                 use_cache: bool = True, prefix: Tensor | None = None) -> None:
+        self.model, self.prefix = model, prefix
+        self.prefix_len = 0 if prefix is None else prefix.shape[1]
         device = model.embed.weight.device
         self.prompt_len = max(len(ids) for ids in prompts_ids)
         total = self.prompt_len + max_new_tokens
@@ -67,15 +69,20 @@ class Decoder:
         self.length = self.prompt_len
         self.cache = None
         if use_cache:
-            self.cache = KVCache(model.cfg, len(prompts_ids), total, device, model.embed.weight.dtype)
+            self.cache = KVCache(model.cfg, len(prompts_ids), self.prefix_len + total, device,
+                                 model.embed.weight.dtype)
 
     def logits(self) -> Tensor:
         """(B, padded vocab) fp32 logits for the position after the current sequence."""
         mask = self.pad_mask[:, :self.length]
+        if self.prefix_len:
+            mask = torch.cat([mask.new_ones(len(mask), self.prefix_len), mask], dim=1)
         if self.cache is None:
-            return self.model(self.tokens[:, :self.length], pad_mask=mask)[:, -1].float()
-        new_tokens = self.tokens[:, self.cache.length:self.length]
-        return self.model(new_tokens, pad_mask=mask, cache=self.cache)[:, -1].float()
+            return self.model(self.tokens[:, :self.length], pad_mask=mask, prefix=self.prefix)[:, -1].float()
+        cached = max(self.cache.length - self.prefix_len, 0)  # text positions already in the cache
+        prefix = self.prefix if self.cache.length == 0 else None
+        new_tokens = self.tokens[:, cached:self.length]
+        return self.model(new_tokens, pad_mask=mask, cache=self.cache, prefix=prefix)[:, -1].float()
 
     def append(self, next_ids: Tensor) -> None:
         self.tokens[:, self.length] = next_ids
@@ -88,20 +95,23 @@ class Decoder:
 @torch.inference_mode()
 def generate(model: Transformer, prompts_ids: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
-             seed: int | None = None, use_cache: bool = True, vocab_size: int | None = None) -> list[list[int]]:
+             seed: int | None = None, use_cache: bool = True, vocab_size: int | None = None,
+             prefix: Tensor | None = None) -> list[list[int]]:
     """The new tokens of each prompt: up to `max_new_tokens`, ending at (and including) `eos_id` if drawn.
 
     Ids at or past `vocab_size` (default the model's; pass the tokenizer's when smaller) are never produced:
-    they are embedding padding rows. The same `seed` gives the same samples.
+    they are embedding padding rows. The same `seed` gives the same samples. `prefix` embeddings (B, P, C) precede
+    each prompt (a VLM's image tokens).
     """
     cfg = model.cfg
     vocab_size = vocab_size or cfg.vocab_size
     _validate(prompts_ids, max_new_tokens, temperature, top_k, top_p, vocab_size, cfg.padded_vocab_size)
-    if max(len(ids) for ids in prompts_ids) + max_new_tokens > cfg.max_seq_len:
-        raise KilnError(f"longest prompt + max_new_tokens = {max(map(len, prompts_ids)) + max_new_tokens} "
-                        f"exceeds the model's max_seq_len {cfg.max_seq_len}")
+    longest = max(len(ids) for ids in prompts_ids) + max_new_tokens + (0 if prefix is None else prefix.shape[1])
+    if longest > cfg.max_seq_len:
+        raise KilnError(f"prefix + longest prompt + max_new_tokens = {longest} exceeds the model's max_seq_len "
+                        f"{cfg.max_seq_len}")
     model.eval()
-    decoder = Decoder(model, prompts_ids, max_new_tokens, use_cache)
+    decoder = Decoder(model, prompts_ids, max_new_tokens, use_cache, prefix)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=decoder.tokens.device).manual_seed(seed)
