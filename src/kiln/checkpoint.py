@@ -122,6 +122,11 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 def read_model_config(model_dir: str | Path) -> ModelConfig:
     """The ModelConfig of a model directory, refusing files of another format or of a newer format version."""
+    return ModelConfig.from_dict(read_model_meta(model_dir))
+
+
+def read_model_meta(model_dir: str | Path) -> dict:
+    """The "model" entry of a model directory's config, whatever the model (a decoder, a VLM), checked as above."""
     path = Path(model_dir) / CONFIG_FILE
     try:
         meta = json.loads(path.read_text())
@@ -134,7 +139,7 @@ def read_model_config(model_dir: str | Path) -> ModelConfig:
         raise KilnError(
             f"{path} has format_version {version!r}; this kiln reads versions up to {FORMAT_VERSION}, upgrade kiln"
         )
-    return ModelConfig.from_dict(meta["model"])
+    return meta["model"]
 
 
 def load_model_dir(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None

@@ -267,9 +267,7 @@ class Progress(Callback):
 
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         if "val_loss" in metrics:
-            unigram = f" (unigram baseline {metrics['val_unigram_loss']:.4f})" if "val_unigram_loss" in metrics else ""
-            self._write(f"step {metrics['step']}: val_loss {metrics['val_loss']:.4f}{unigram} "
-                        f"val_ppl {metrics['val_ppl']:.2f} val_bpb {metrics['val_bpb']:.4f}")
+            self._write(self.eval_line(metrics))
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
             self.bar.update(1)
@@ -278,6 +276,17 @@ class Progress(Callback):
             self._write(f"step {metrics['step']}/{trainer.cfg.trainer.steps} loss {metrics['loss']:.4f} "
                         f"z {metrics['z_loss']:.2e} grad_norm {metrics['grad_norm']:.3f} lr {metrics['lr']:.2e} "
                         f"tokens {metrics['tokens']:,} tok/s {metrics['tokens_per_s']:,.0f}{mfu}")
+
+    @staticmethod
+    def eval_line(metrics: dict[str, Any]) -> str:
+        """The validation loss, perplexity and bpb, then any other `val_` metric an evaluator added."""
+        unigram = f" (unigram baseline {metrics['val_unigram_loss']:.4f})" if "val_unigram_loss" in metrics else ""
+        parts = [f"val_loss {metrics['val_loss']:.4f}{unigram}"]
+        parts += [f"{key} {metrics[key]:{fmt}}" for key, fmt in (("val_ppl", ".2f"), ("val_bpb", ".4f"))
+                  if key in metrics]
+        shown = {"val_loss", "val_unigram_loss", "val_ppl", "val_bpb"}
+        parts += [f"{key} {value:.4f}" for key, value in metrics.items() if key.startswith("val_") and key not in shown]
+        return f"step {metrics['step']}: " + " ".join(parts)
 
     def on_rollback(self, trainer: Trainer, restored_step: int, discarded: Path) -> None:
         if self.bar is not None:

@@ -40,7 +40,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from kiln.checkpoint import WEIGHTS_FILE, read_model_config, save_model_dir
+from kiln.checkpoint import WEIGHTS_FILE, read_model_meta, save_model_dir
 from kiln.distributed import background_group, barrier, is_rank0
 from kiln.errors import KilnError
 from kiln.faults.manifest import MANIFEST, commit_checkpoint, fsync_dir
@@ -195,10 +195,11 @@ def discard_checkpoints_after(run_dir: Path, step: int, into: Path) -> list[Path
 
 
 def check_same_shape(path: Path, cfg: ModelConfig, model: nn.Module) -> None:
-    """Refuse to resume into a model whose tensors differ from the checkpoint's, naming them."""
+    """Refuse to resume into a model whose tensors differ from the checkpoint's, naming them. `cfg` is any model
+    config with `from_dict` and `to_dict` (a decoder's ModelConfig, a VLM's)."""
     from safetensors import safe_open
 
-    saved_cfg = read_model_config(path)
+    saved_cfg = type(cfg).from_dict(read_model_meta(path))
     if saved_cfg == cfg:
         return
     with safe_open(str(path / WEIGHTS_FILE), framework="pt") as f:
@@ -206,8 +207,8 @@ def check_same_shape(path: Path, cfg: ModelConfig, model: nn.Module) -> None:
     current = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     diffs = [f"{k}: checkpoint {saved.get(k, 'absent')} vs model {current.get(k, 'absent')}"
              for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
-    changed = [f"{k}: {getattr(saved_cfg, k)!r} -> {getattr(cfg, k)!r}"
-               for k in cfg.to_dict() if getattr(saved_cfg, k) != getattr(cfg, k)]
+    saved_dict, current_dict = saved_cfg.to_dict(), cfg.to_dict()
+    changed = [f"{k}: {saved_dict.get(k)!r} -> {v!r}" for k, v in current_dict.items() if saved_dict.get(k) != v]
     detail = "; ".join(diffs[:20]) if diffs else "no tensor shape differs"
     raise KilnError(f"cannot resume from {path}: the model changed ({', '.join(changed)}). Tensors: {detail}")
 

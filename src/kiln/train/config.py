@@ -231,13 +231,15 @@ def _normalise_model_section(raw: dict[str, Any]) -> None:
     raw["model"] = {"preset": name, "overrides": {key: getattr(checked, key) for key in overrides}}
 
 
-def load_config(recipe: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults <- recipe YAML <- dotted overrides, with every key and type checked."""
-    raw = load_yaml(recipe) if recipe else {}
+def load_config(recipe: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None, *,
+                cls: type[TrainConfig] = TrainConfig, base: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults <- `base` <- recipe YAML <- dotted overrides, with every key and type checked. `cls` is TrainConfig
+    or a subclass with more sections (a VLM's), `base` that job's own defaults."""
+    raw = merge(base or {}, load_yaml(recipe) if recipe else {})
     extra = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
     raw = merge(raw, extra)
     _normalise_model_section(raw)
-    cfg = from_dict(TrainConfig, raw)
+    cfg = from_dict(cls, raw)
     cfg.validate()
     for warning in cfg.warnings(world_size=int(os.environ.get("WORLD_SIZE", "1"))):
         log.warning(warning)

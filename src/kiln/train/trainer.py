@@ -188,9 +188,13 @@ class Trainer:
     def forward_loss(self, batch, n_targets: int) -> tuple[Tensor, Tensor]:
         input_ids = batch.input_ids.to(self.device, non_blocking=True)
         labels = batch.labels.to(self.device, non_blocking=True)
-        doc_ids = batch.doc_ids.to(self.device) if self.cfg.data.intra_doc_masking else None
+        inputs = {}
+        if self.cfg.data.intra_doc_masking:
+            inputs["doc_ids"] = batch.doc_ids.to(self.device)
+        if getattr(batch, "images", None) is not None:  # a VLM's batch (kiln.vlm.batches)
+            inputs["images"] = batch.images.to(self.device, non_blocking=True)
         with self.autocast():
-            logits = self.model(input_ids, doc_ids=doc_ids)
+            logits = self.model(input_ids, **inputs)
         return loss_terms(logits, labels, n_targets, self.cfg.trainer.z_loss)
 
     def autocast(self) -> contextlib.AbstractContextManager:
