@@ -144,6 +144,9 @@ def test_absent_questions_answer_none_and_the_target_is_absent(dataset):
     for record in absent:
         assert record["answer"] == NONE_ANSWER and record["count"] == 0 and record["points"] == []
         assert not _matching(record)
+    assert {r["asked"] for r in absent} == {"point", "count", "count_point"}  # what was asked survives
+    present = [r for r in load_split(dataset, "train") if r["kind"] != "absent"]
+    assert all(r["asked"] == r["kind"] for r in present)
 
 
 def test_first_question_counts_are_uniform_over_0_to_10():

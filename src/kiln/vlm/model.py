@@ -12,11 +12,14 @@ pooling is a plain mean, the smallest version of the same design.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer
 from torch import Tensor, nn
 
+from kiln.errors import KilnError
 from kiln.model.config import ModelConfig
 from kiln.model.init import trunc_normal_
 from kiln.model.transformer import Transformer
@@ -60,6 +63,12 @@ class VLMConfig:
 
     def to_dict(self) -> dict:
         return {"vision": asdict(self.vision), "text": self.text.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> VLMConfig:
+        if not isinstance(data, dict) or set(data) != {"vision", "text"}:
+            raise KilnError("not a VLM config: expected the keys vision and text (is this a text model's checkpoint?)")
+        return cls(VisionConfig(**data["vision"]), ModelConfig.from_dict(data["text"]))
 
 
 class ViT(nn.Module):
@@ -134,3 +143,26 @@ def init_vision_weights(model: VLM, std: float) -> None:
             nn.init.zeros_(module.bias)
     trunc_normal_(model.vision.row_embed, std)
     trunc_normal_(model.vision.col_embed, std)
+
+
+def load_vlm(path: str | Path, device: str | torch.device = "cpu") -> tuple[VLM, Tokenizer]:
+    """The VLM and tokenizer of a checkpoint: a step folder, or a run folder (its newest step), in eval mode."""
+    from safetensors.torch import load_file
+
+    from kiln.checkpoint import (
+        WEIGHTS_FILE,
+        load_checkpoint_tokenizer,
+        load_state_strict,
+        read_model_meta,
+        resolve_model_dir,
+    )
+
+    model_dir = resolve_model_dir(path)
+    cfg = VLMConfig.from_dict(read_model_meta(model_dir))
+    tok = load_checkpoint_tokenizer(model_dir)
+    if tok is None:
+        raise KilnError(f"{model_dir} holds no tokenizer.json; a VLM checkpoint carries its dataset's tokenizer")
+    with torch.device("meta"):
+        model = VLM(cfg)
+    load_state_strict(model, load_file(str(model_dir / WEIGHTS_FILE), device=str(device)))
+    return model.eval(), tok

@@ -34,7 +34,7 @@ from PIL import Image
 from kiln.vlm.points import NONE_ANSWER, format_count, format_points
 from kiln.vlm.scenes import COLOURS, SHAPES, Scene, SceneConfig, draw_scene
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: records say which kind of question was asked ("asked")
 SPLITS = ("train", "val", "test")
 KINDS = ("point", "count", "count_point")  # plus "absent", for any kind whose target is not in the image
 DEFAULT_HELD_OUT: tuple[tuple[str, str], ...] = (
@@ -194,7 +194,8 @@ def ask(rng: np.random.Generator, scene: Scene, target: Target) -> dict:
         template = _choice(rng, list(COUNT_TEMPLATES if kind == "count" else COUNT_POINT_TEMPLATES))
     question = template.format(singular=target.singular, plural=target.plural)
     return {"question": question, "answer": answer_for(kind, points, target.singular),
-            "kind": kind if points else "absent", "target": {"colour": target.colour, "shape": target.shape},
+            "kind": kind if points else "absent", "asked": kind,
+            "target": {"colour": target.colour, "shape": target.shape},
             "alt": target.singular, "points": [list(p) for p in points], "count": len(points),
             "masks": [encode_rle(scene.objects[i].mask) for _, i in found]}
 
@@ -231,8 +232,9 @@ def make_image(cfg: SynthConfig, index: int) -> tuple[bytes, list[dict]]:
 
 def _record(question_id: str, image_path: str, size: int, question: dict, objects: list[dict]) -> dict:
     """One JSONL line: id, image (relative to DIR), image_size [height, width], question, answer, kind,
-    target {colour, shape} (null when not asked), alt, points [[x, y]] in percent of width/height sorted by x
-    then y, count, masks (RLE, one per point, same order) and objects (all of the image's, in drawing order)."""
+    asked (the kind of question, even when its target is absent: point, count or count_point), target
+    {colour, shape} (null when not asked), alt, points [[x, y]] in percent of width/height sorted by x then y,
+    count, masks (RLE, one per point, same order) and objects (all of the image's, in drawing order)."""
     return {"id": question_id, "image": image_path, "image_size": [size, size], **question, "objects": objects}
 
 

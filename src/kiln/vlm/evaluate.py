@@ -1,0 +1,112 @@
+"""Answer questions about images by greedy decoding, and score the answers as Molmo does (kiln.vlm.metrics).
+
+Pointing is scored on every question that asks for points ("point" and "count_point", their absent-target
+versions included); counting on every question that asks for a number ("count" and "count_point").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from kiln.data.tokenizer import eos_id
+from kiln.generate.sampling import generate
+from kiln.vlm.batches import SEPARATOR, load_image
+from kiln.vlm.metrics import aggregate_point_scores, counting_scores, point_scores
+from kiln.vlm.model import VLM
+from kiln.vlm.points import parse_count, parse_points
+from kiln.vlm.synth import record_masks
+
+POINTING = ("point", "count_point")
+COUNTING = ("count", "count_point")
+
+
+@torch.inference_mode()
+def answer(model: VLM, tok: Tokenizer, images: torch.Tensor, questions: list[str],
+           max_new_tokens: int = 200) -> list[str]:
+    """Greedy answers, one per (image, question), batched with a KV cache."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    prefix = model.image_tokens(images.to(device))
+    prompts = [tok.encode(q + SEPARATOR).ids for q in questions]
+    end = eos_id(tok)
+    outputs = generate(model.text, prompts, max_new_tokens, eos_id=end, vocab_size=tok.get_vocab_size(),
+                       prefix=prefix)
+    model.train(was_training)
+    return [tok.decode([t for t in ids if t != end]) for ids in outputs]
+
+
+def answer_records(model: VLM, tok: Tokenizer, directory: str | Path, records: list[dict], batch_size: int = 64,
+                   max_new_tokens: int = 200) -> list[str]:
+    """The model's answer to each record's question about its image."""
+    out: list[str] = []
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        images = torch.stack([load_image(Path(directory) / r["image"]) for r in chunk])
+        out += answer(model, tok, images, [r["question"] for r in chunk], max_new_tokens)
+    return out
+
+
+def score(records: list[dict], answers: list[str]) -> dict[str, float | dict]:
+    """Pointing precision/recall/F1 (averaged over questions) and counting accuracies of the answers."""
+    pointing = [point_scores(parse_points(a), [tuple(p) for p in r["points"]], list(record_masks(r)))
+                for r, a in zip(records, answers, strict=True) if r["asked"] in POINTING]
+    counted = [(parse_count(a), r["count"]) for r, a in zip(records, answers, strict=True) if r["asked"] in COUNTING]
+    out: dict[str, float | dict] = {}
+    if pointing:
+        out.update({f"point_{k}": v for k, v in aggregate_point_scores(pointing).items()})
+    if counted:
+        counts = counting_scores([p for p, _ in counted], [t for _, t in counted])
+        out.update({f"count_{k}": v for k, v in counts.items()})
+    return out
+
+
+def evaluate_split(model: VLM, tok: Tokenizer, directory: str | Path, split: str, out: Path, limit: int | None = None,
+                   batch_size: int = 64, gallery: int = 48) -> dict:
+    """Answer and score a split; write out/eval.json, out/answers.jsonl and out/gallery.html (first `gallery`
+    questions, drawn)."""
+    import json
+
+    from PIL import Image
+
+    from kiln.vlm.gallery import draw_points, write_gallery
+    from kiln.vlm.synth import load_split
+
+    records = load_split(directory, split)[:limit]
+    answers = answer_records(model, tok, directory, records, batch_size)
+    result = {"split": split, "questions": len(records), **score(records, answers)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(result, indent=1))
+    with (out / "answers.jsonl").open("w") as f:
+        for record, text in zip(records, answers, strict=True):
+            f.write(json.dumps({"id": record["id"], "question": record["question"], "answer": text,
+                                "truth": record["answer"]}) + "\n")
+    (out / "images").mkdir(exist_ok=True)
+    rows = []
+    for record, text in list(zip(records, answers, strict=True))[:gallery]:
+        predicted, true = parse_points(text), [tuple(p) for p in record["points"]]
+        with Image.open(Path(directory) / record["image"]) as image:
+            draw_points(image, predicted, true).save(out / f"images/{record['id']}.png")
+        pointing = record["asked"] in POINTING
+        rows.append({"image": f"images/{record['id']}.png", "question": record["question"], "answer": text,
+                     "truth": record["answer"],
+                     "f1": point_scores(predicted, true, list(record_masks(record)))["f1"] if pointing else None})
+    write_gallery(out, rows, f"kiln vlm eval: {split} split of {directory}")
+    return result
+
+
+def report_lines(result: dict) -> list[str]:
+    """The evaluation as a few plain lines: pointing, counting, counting per true count."""
+    lines = [f"{result['split']}: {result['questions']} questions"]
+    if "point_f1" in result:
+        lines.append(f"pointing  precision {result['point_precision']:.3f}  recall {result['point_recall']:.3f}  "
+                     f"F1 {result['point_f1']:.3f}")
+    if "count_accuracy" in result:
+        lines.append(f"counting  exact {result['count_accuracy']:.3f}  within one {result['count_within_one']:.3f}  "
+                     f"answered with a count {result['count_valid']:.3f}")
+        per = "  ".join(f"{count}: {acc:.2f} (n={n})" for count, (acc, n) in result["count_per_count"].items())
+        lines.append(f"exact by true count  {per}")
+    return lines

@@ -1,0 +1,82 @@
+"""kiln vlm train/eval/point end to end on a tiny model: the text trainer's checkpoints, resume and metrics, with
+the evaluator's pointing and counting scores at every evaluation step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from kiln.cli import main
+from kiln.vlm.batches import write_tokenizer
+from kiln.vlm.synth import SynthConfig, load_split, write_dataset
+
+TINY = ["--model.n_layers=1", "--model.d_model=32", "--model.n_heads=2", "--model.d_ff=64", "--vision.image_size=48",
+        "--vision.d_model=16", "--vision.n_layers=1", "--vision.n_heads=2", "--trainer.micro_batch_size=4",
+        "--trainer.threads=1", "--eval.every=4", "--eval.max_batches=2", "--checkpoint.every=4",
+        "--checkpoint.keep_last=0", "--vlm.eval_questions=6", "--vlm.max_answer_tokens=24", "--schedule.warmup=2",
+        "--logging.progress=lines", "--trainer.log_every=2"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("vlmdata")
+    write_dataset(SynthConfig(n=24, seed=5, size=48, test_n=6), out)
+    write_tokenizer(out, load_split(out, "train"), vocab_size=300)
+    return out
+
+
+def _train(data: Path, run: Path, steps: int, *extra: str) -> int:
+    return main(["vlm", "train", f"--data.paths=[{data}]", f"--trainer.run_dir={run}", f"--trainer.steps={steps}",
+                 *TINY, *extra])
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_checkpoints_scores_and_resumes_as_if_never_stopped(data, tmp_path, capsys):
+    # a constant LR after warmup, so a 4-step run is the first half of the 8-step one
+    assert _train(data, tmp_path / "whole", 8, "--schedule.name=constant") == 0
+    printed = capsys.readouterr().out
+    assert "step 4: val_loss" in printed and "val_point_f1" in printed and "val_count_accuracy" in printed
+    whole = _metrics(tmp_path / "whole")
+    assert [m["step"] for m in whole] == list(range(1, 9))
+    assert {m["step"] for m in whole if "val_point_f1" in m} == {4, 8}
+    assert (tmp_path / "whole" / "step000004").is_dir() and (tmp_path / "whole" / "step000008").is_dir()
+
+    assert _train(data, tmp_path / "split", 4, "--schedule.name=constant") == 0
+    assert _train(data, tmp_path / "split", 8, "--schedule.name=constant") == 0
+    assert "resuming" in capsys.readouterr().out
+    split = _metrics(tmp_path / "split")
+    assert [m["loss"] for m in split] == [m["loss"] for m in whole]  # same batches, same weights, same order
+    assert split[-1]["val_loss"] == whole[-1]["val_loss"]
+
+
+def test_eval_writes_scores_answers_and_a_gallery_and_point_draws(data, tmp_path, capsys):
+    assert _train(data, tmp_path / "run", 4) == 0
+    capsys.readouterr()
+    assert main(["vlm", "eval", str(tmp_path / "run"), str(data), "--out", str(tmp_path / "eval")]) == 0
+    printed = capsys.readouterr().out
+    assert "pointing  precision" in printed and "counting  exact" in printed
+    result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    test = load_split(data, "test")
+    assert result["questions"] == len(test) and 0 <= result["point_f1"] <= 1
+    answers = (tmp_path / "eval" / "answers.jsonl").read_text().splitlines()
+    assert [json.loads(a)["id"] for a in answers] == [r["id"] for r in test]
+    assert (tmp_path / "eval" / "gallery.html").read_text().count("<img ") == len(test)
+
+    image = data / test[0]["image"]
+    assert main(["vlm", "point", str(tmp_path / "run"), str(image), "Point to the stars.", "--out",
+                 str(tmp_path / "p.png")]) == 0
+    assert Image.open(tmp_path / "p.png").size == (48 * 4, 48 * 4)
+    Image.new("RGB", (32, 32)).save(tmp_path / "small.png")
+    assert main(["vlm", "point", str(tmp_path / "run"), str(tmp_path / "small.png"), "Point to the stars."]) == 2
+    assert "this model reads 48x48" in capsys.readouterr().err
+
+
+def test_a_missing_dataset_says_how_to_make_one(tmp_path, capsys):
+    assert main(["vlm", "train", f"--data.paths=[{tmp_path / 'nope'}]", f"--trainer.run_dir={tmp_path / 'r'}"]) == 2
+    assert "kiln vlm data --out" in capsys.readouterr().err
