@@ -56,3 +56,18 @@ def test_every_vision_weight_is_initialised_from_the_configured_std():
 def test_bad_vision_shapes_are_refused_naming_the_key(kwargs, message):
     with pytest.raises(ValueError, match=message):
         VisionConfig(**kwargs)
+
+
+def test_greedy_decoding_with_an_image_prefix_matches_the_forward_pass_with_and_without_cache():
+    from kiln.generate.sampling import generate
+
+    model, images = _vlm(), torch.rand(2, 3, 32, 32)
+    prompts = [[3, 4, 5], [7]]  # different lengths: the second row is left-padded after its image tokens
+    prefix = model.image_tokens(images)
+    cached = generate(model.text, prompts, 6, prefix=prefix)
+    assert cached == generate(model.text, prompts, 6, prefix=prefix, use_cache=False)
+    for row, ids in enumerate(prompts):  # each row alone, token by token through the VLM's own forward
+        seq = list(ids)
+        for _ in range(6):
+            seq.append(int(model(torch.tensor([seq]), images=images[row:row + 1])[0, -1, :64].argmax()))
+        assert seq[len(ids):] == cached[row]
