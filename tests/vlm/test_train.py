@@ -64,6 +64,11 @@ def test_eval_writes_scores_answers_and_a_gallery_and_point_draws(data, tmp_path
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())
     test = load_split(data, "test")
     assert result["questions"] == len(test) and 0 <= result["point_f1"] <= 1
+    held_out = {tuple(pair) for pair in json.loads((data / "meta.json").read_text())["held_out"]}
+    unseen = sum((r["target"]["colour"], r["target"]["shape"]) in held_out for r in test)
+    assert result["unseen_pair"]["questions"] == unseen > 0  # every test image asks about an unseen pair first
+    assert result["seen_pair"]["questions"] == len(test) - unseen
+    assert "never seen in training" in printed
     answers = (tmp_path / "eval" / "answers.jsonl").read_text().splitlines()
     assert [json.loads(a)["id"] for a in answers] == [r["id"] for r in test]
     assert (tmp_path / "eval" / "gallery.html").read_text().count("<img ") == len(test)

@@ -78,6 +78,11 @@ def evaluate_split(model: VLM, tok: Tokenizer, directory: str | Path, split: str
     records = load_split(directory, split)[:limit]
     answers = answer_records(model, tok, directory, records, batch_size)
     result = {"split": split, "questions": len(records), **score(records, answers)}
+    unseen = unseen_pairs(directory)
+    for name, keep in (("unseen_pair", True), ("seen_pair", False)):
+        chosen = [(r, a) for r, a in zip(records, answers, strict=True) if asks_about(r, unseen) is keep]
+        if chosen:
+            result[name] = {"questions": len(chosen), **score(*map(list, zip(*chosen, strict=True)))}
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(result, indent=1))
     with (out / "answers.jsonl").open("w") as f:
@@ -98,9 +103,32 @@ def evaluate_split(model: VLM, tok: Tokenizer, directory: str | Path, split: str
     return result
 
 
+def unseen_pairs(directory: str | Path) -> set[tuple[str, str]]:
+    """The (colour, shape) pairs the dataset kept out of its train and val images (meta.json)."""
+    import json
+
+    meta = json.loads((Path(directory) / "meta.json").read_text())
+    return {tuple(pair) for pair in meta.get("held_out", [])}
+
+
+def asks_about(record: dict, pairs: set[tuple[str, str]]) -> bool:
+    """Whether the question names one of `pairs` (colour and shape both)."""
+    return (record["target"]["colour"], record["target"]["shape"]) in pairs
+
+
 def report_lines(result: dict) -> list[str]:
-    """The evaluation as a few plain lines: pointing, counting, counting per true count."""
-    lines = [f"{result['split']}: {result['questions']} questions"]
+    """The evaluation as a few plain lines: pointing, counting, counting per true count; then the questions about
+    colour/shape pairs never seen in training apart from the others."""
+    lines = _score_lines(result, f"{result['split']}: {result['questions']} questions")
+    for name, title in (("unseen_pair", "about a colour/shape pair never seen in training"),
+                        ("seen_pair", "about anything else")):
+        if name in result:
+            lines += _score_lines(result[name], f"{result[name]['questions']} questions {title}")
+    return lines
+
+
+def _score_lines(result: dict, title: str) -> list[str]:
+    lines = [title]
     if "point_f1" in result:
         lines.append(f"pointing  precision {result['point_precision']:.3f}  recall {result['point_recall']:.3f}  "
                      f"F1 {result['point_f1']:.3f}")
