@@ -71,3 +71,17 @@ def test_greedy_decoding_with_an_image_prefix_matches_the_forward_pass_with_and_
         for _ in range(6):
             seq.append(int(model(torch.tensor([seq]), images=images[row:row + 1])[0, -1, :64].argmax()))
         assert seq[len(ids):] == cached[row]
+
+
+@pytest.mark.parametrize("token_positions", [True, False])
+def test_image_tokens_of_a_uniform_image_differ_by_place_only_with_token_positions(token_positions):
+    torch.manual_seed(0)
+    text = ModelConfig(**{**PRESETS["olmo2-tiny"], "vocab_size": 64, "n_layers": 1, "d_model": 32, "n_heads": 2,
+                          "d_ff": 64})
+    vision = VisionConfig(image_size=32, patch=8, d_model=16, n_layers=1, n_heads=2, token_positions=token_positions)
+    model = VLM(VLMConfig(vision, text))
+    with torch.no_grad():  # identical patches everywhere; the ViT's own row/column embeddings switched off
+        model.vision.row_embed.zero_()
+        model.vision.col_embed.zero_()
+    tokens = model.image_tokens(torch.full((1, 3, 32, 32), 0.5))[0]
+    assert torch.allclose(tokens[0], tokens[3]) is not token_positions

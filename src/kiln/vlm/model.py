@@ -36,6 +36,7 @@ class VisionConfig:
     n_heads: int = 4
     mlp_ratio: float = 4.0
     pool: int = 2  # Molmo pools 2 x 2 patches into one image token
+    token_positions: bool = True  # a learned embedding per image token, added in the decoder's width (see Connector)
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
@@ -94,17 +95,24 @@ class ViT(nn.Module):
 
 
 class Connector(nn.Module):
-    """Mean of each pool x pool window of patches, then an MLP into the decoder's width (Molmo's connector)."""
+    """Mean of each pool x pool window of patches, then an MLP into the decoder's width (Molmo's connector).
+
+    The decoder's RoPE only tells a text token how far back an image token is, and that distance changes with the
+    question's length; with `token_positions` each image token also carries a learned embedding of its place in the
+    grid, so where an object is can be read off the token that shows it.
+    """
 
     def __init__(self, vision: VisionConfig, d_text: int) -> None:
         super().__init__()
         self.pool = vision.pool
         self.mlp = nn.Sequential(nn.Linear(vision.d_model, d_text), nn.GELU(), nn.Linear(d_text, d_text))
+        self.position = nn.Parameter(torch.zeros(vision.image_tokens, d_text)) if vision.token_positions else None
 
     def forward(self, patches: Tensor) -> Tensor:
         """(B, G, G, d) -> (B, (G / pool)^2, d_text), windows in row-major order."""
         x = F.avg_pool2d(patches.permute(0, 3, 1, 2), self.pool)  # (B, d, G/p, G/p)
-        return self.mlp(x.flatten(2).transpose(1, 2))
+        tokens = self.mlp(x.flatten(2).transpose(1, 2))
+        return tokens if self.position is None else tokens + self.position
 
 
 class VLM(nn.Module):
@@ -129,7 +137,7 @@ class VLM(nn.Module):
 
 def init_vision_weights(model: VLM, std: float) -> None:
     """Every vision and connector matrix from a truncated normal(0, std), as OLMo 2 initialises its decoder
-    (kiln.model.init); biases zero, LayerNorms one; position embeddings normal(0, std)."""
+    (kiln.model.init); biases zero, LayerNorms one; every position embedding normal(0, std)."""
     for module in [*model.vision.modules(), *model.connector.modules()]:
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             trunc_normal_(module.weight, std)
@@ -141,8 +149,9 @@ def init_vision_weights(model: VLM, std: float) -> None:
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
-    trunc_normal_(model.vision.row_embed, std)
-    trunc_normal_(model.vision.col_embed, std)
+    for embedding in (model.vision.row_embed, model.vision.col_embed, model.connector.position):
+        if embedding is not None:
+            trunc_normal_(embedding, std)
 
 
 def load_vlm(path: str | Path, device: str | torch.device = "cpu") -> tuple[VLM, Tokenizer]:
