@@ -85,3 +85,10 @@ def test_image_tokens_of_a_uniform_image_differ_by_place_only_with_token_positio
         model.vision.col_embed.zero_()
     tokens = model.image_tokens(torch.full((1, 3, 32, 32), 0.5))[0]
     assert torch.allclose(tokens[0], tokens[3]) is not token_positions
+
+
+def test_a_config_saved_before_token_positions_existed_loads_without_them():
+    saved = _vlm().cfg.to_dict()
+    assert VLMConfig.from_dict(saved) == _vlm().cfg
+    del saved["vision"]["token_positions"]
+    assert VLMConfig.from_dict(saved).vision.token_positions is False

@@ -69,7 +69,8 @@ class VLMConfig:
     def from_dict(cls, data: dict) -> VLMConfig:
         if not isinstance(data, dict) or set(data) != {"vision", "text"}:
             raise KilnError("not a VLM config: expected the keys vision and text (is this a text model's checkpoint?)")
-        return cls(VisionConfig(**data["vision"]), ModelConfig.from_dict(data["text"]))
+        vision = {"token_positions": False, **data["vision"]}  # configs saved before the option had none
+        return cls(VisionConfig(**vision), ModelConfig.from_dict(data["text"]))
 
 
 class ViT(nn.Module):
