@@ -266,15 +266,20 @@ def train(cfg: TrainConfig, resume: bool | None = None) -> Run:
             return _finish(run, owns_group)
         if distributed.is_rank0():
             print_header(run)
-        try:
-            run.trainer.fit()
-        except NonFiniteLoss as err:
-            raise NonFiniteLoss(cbs.describe_nan(err, run.checkpointer)) from None
-        finally:
-            for callback in run.trainer.callbacks:
-                if isinstance(callback, cbs.WatchdogCallback):
-                    callback.watchdog.stop()
+        fit_run(run)
     return _finish(run, owns_group)
+
+
+def fit_run(run: Run) -> None:
+    """Train to the end; a NaN loss stops the run naming its last good checkpoint; the watchdog always stops."""
+    try:
+        run.trainer.fit()
+    except NonFiniteLoss as err:
+        raise NonFiniteLoss(cbs.describe_nan(err, run.checkpointer)) from None
+    finally:
+        for callback in run.trainer.callbacks:
+            if isinstance(callback, cbs.WatchdogCallback):
+                callback.watchdog.stop()
 
 
 def _finish(run: Run, owns_group: bool) -> Run:

@@ -138,9 +138,10 @@ def run_point(args: argparse.Namespace) -> int:
     text = answer(model, tok, image[None], [args.question])[0]
     print(text)
     out = Path(args.out) if args.out else Path(args.image).with_name(Path(args.image).stem + "_points.png")
+    points = parse_points(text)
     with Image.open(args.image) as original:
-        draw_points(original, parse_points(text)).save(out)
-    print(f"drew {len(parse_points(text) or [])} point(s) on {out}")
+        draw_points(original, points).save(out)
+    print(f"drew {len(points or [])} point(s) on {out}")
     return 0
 
 

@@ -6,9 +6,11 @@ versions included); counting on every question that asks for a number ("count" a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tokenizers import Tokenizer
 
 from kiln.data.tokenizer import eos_id
@@ -68,10 +70,6 @@ def evaluate_split(model: VLM, tok: Tokenizer, directory: str | Path, split: str
                    batch_size: int = 64, gallery: int = 48) -> dict:
     """Answer and score a split; write out/eval.json, out/answers.jsonl and out/gallery.html (first `gallery`
     questions, drawn)."""
-    import json
-
-    from PIL import Image
-
     from kiln.vlm.gallery import draw_points, write_gallery
     from kiln.vlm.synth import load_split
 
@@ -105,8 +103,6 @@ def evaluate_split(model: VLM, tok: Tokenizer, directory: str | Path, split: str
 
 def unseen_pairs(directory: str | Path) -> set[tuple[str, str]]:
     """The (colour, shape) pairs the dataset kept out of its train and val images (meta.json)."""
-    import json
-
     meta = json.loads((Path(directory) / "meta.json").read_text())
     return {tuple(pair) for pair in meta.get("held_out", [])}
 

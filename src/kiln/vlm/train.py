@@ -22,8 +22,8 @@ from kiln.model.config import flops_per_token
 from kiln.optim.adamw import build_adamw
 from kiln.train import callbacks as cbs
 from kiln.train.config import TrainConfig, load_config
-from kiln.train.run import Run, build_model_config, maybe_resume, pick_device
-from kiln.train.trainer import Callback, NonFiniteLoss, Trainer
+from kiln.train.run import Run, build_model_config, fit_run, maybe_resume, pick_device
+from kiln.train.trainer import Callback, Trainer
 from kiln.vlm.batches import TOKENIZER_FILE, VLMLoader, load_dataset_tokenizer
 from kiln.vlm.evaluate import answer_records, score
 from kiln.vlm.model import VLM, VisionConfig, VLMConfig
@@ -156,14 +156,7 @@ def train_vlm(cfg: VLMTrainConfig, resume: bool | None = None) -> Run:
               f"Raise --trainer.steps (now {cfg.trainer.steps}) to train further.", flush=True)
         return run
     print(header(run), flush=True)
-    try:
-        run.trainer.fit()
-    except NonFiniteLoss as err:
-        raise NonFiniteLoss(cbs.describe_nan(err, run.checkpointer)) from None
-    finally:
-        for callback in run.trainer.callbacks:
-            if isinstance(callback, cbs.WatchdogCallback):
-                callback.watchdog.stop()
+    fit_run(run)
     return run
 
 
