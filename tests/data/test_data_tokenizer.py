@@ -126,6 +126,17 @@ def test_training_is_deterministic_and_keeps_eos_at_zero():
         train_bpe(TEXTS, vocab_size=100)
 
 
+def test_split_digits_spells_every_number_digit_by_digit():
+    texts = [f"x=\"{n}.{n % 10}\" and y=\"{n * 7 % 101}.5\"" for n in range(101)] * 3
+    merged, split = train_bpe(texts, vocab_size=400), train_bpe(texts, vocab_size=400, split_digits=True)
+    assert any(len(merged.encode(str(n)).tokens) == 1 for n in range(10, 101))  # the plain BPE merges digits
+    for n in (7, 28, 61, 100):
+        text = f"x=\"{n}.5\""
+        digits = [t for t in split.encode(text).tokens if any(c.isdigit() for c in t)]
+        assert digits == list(f"{n}5")
+        assert split.decode(split.encode(text).ids) == text
+
+
 def test_tokenizer_train_command_reads_every_input_format(tmp_path, corpus_dir, capsys):
     parser = argparse.ArgumentParser()
     commands.register(parser.add_subparsers(dest="command"))

@@ -205,7 +205,7 @@ def test_intra_document_masking_reaches_training_and_validation(tiny_dataset, tm
     trainer, model = run.trainer, run.model
     batch = next(trainer.batches)
     with torch.no_grad():
-        ce, _ = trainer.forward_loss(batch, int((batch.labels != -100).sum()))
+        ce, _, _ = trainer.forward_loss(batch, int((batch.labels != -100).sum()), batch.input_ids.shape[0])
     masked, count = _summed_nats(model, [batch], masked=True)
     assert ce.item() == pytest.approx(masked / count, rel=1e-5)
     assert abs(ce.item() - _summed_nats(model, [batch], masked=False)[0] / count) > 1e-4  # masks do matter here

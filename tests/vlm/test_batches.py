@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from kiln.train.trainer import loss_terms
-from kiln.vlm.batches import IGNORE_INDEX, VLMLoader, collate, encode_example, load_dataset_tokenizer, write_tokenizer
+from kiln.vlm.batches import (
+    IGNORE_INDEX,
+    VLMLoader,
+    collate,
+    encode_example,
+    load_dataset_tokenizer,
+    object_labels,
+    write_tokenizer,
+)
 from kiln.vlm.synth import SynthConfig, load_split, write_dataset
 
 
@@ -18,6 +26,14 @@ def data(tmp_path_factory) -> Path:
     write_dataset(SynthConfig(n=16, seed=3, size=48), out)
     write_tokenizer(out, load_split(out, "train"), vocab_size=300)
     return out
+
+
+def test_the_dataset_tokenizer_spells_coordinates_one_digit_a_token(data):
+    tok = load_dataset_tokenizer(data)
+    answer = next(r["answer"] for r in load_split(data, "train") if r["points"])
+    numbers = [t for t in tok.encode(answer).tokens if any(c.isdigit() for c in t)]
+    assert numbers and all(len(t.lstrip("Ġ")) == 1 for t in numbers)
+    assert tok.decode(tok.encode(answer).ids) == answer
 
 
 def test_labels_are_the_answer_and_its_end_token_only(data):
@@ -81,3 +97,29 @@ def test_a_loader_for_another_dataset_size_refuses_the_state(data):
     loader = VLMLoader(data, records[:-1], tok, batch_size=2)
     with pytest.raises(ValueError, match="the dataset changed"):
         loader.load_state_dict(VLMLoader(data, records, tok, batch_size=2).state_dict())
+
+
+def test_object_labels_mark_the_patch_holding_each_objects_point():
+    record = {"objects": [{"colour": "red", "shape": "circle", "point": [10.0, 90.0]},  # column 0, row 3 of 4
+                          {"colour": "blue", "shape": "star", "point": [60.0, 30.0]},  # column 2, row 1
+                          {"colour": "green", "shape": "square", "point": [70.0, 45.0]},  # the same patch, on top
+                          {"colour": "orange", "shape": "hexagon", "point": [100.0, 0.0]}]}  # the right edge
+    labels = object_labels(record, grid=4)
+    colours, shapes = ["red", "green", "blue", "yellow", "purple", "orange"], ["circle", "square", "triangle",
+                                                                               "star", "diamond", "hexagon"]
+    expected = torch.zeros(2, 4, 4, dtype=torch.long)
+    expected[:, 3, 0] = torch.tensor([colours.index("red") + 1, shapes.index("circle") + 1])
+    expected[:, 1, 2] = torch.tensor([colours.index("green") + 1, shapes.index("square") + 1])
+    expected[:, 0, 3] = torch.tensor([colours.index("orange") + 1, shapes.index("hexagon") + 1])
+    assert torch.equal(labels, expected)
+
+
+def test_the_loader_adds_object_labels_only_when_asked(data):
+    tok, records = load_dataset_tokenizer(data), load_split(data, "train")
+    plain = next(iter(VLMLoader(data, records, tok, 3, train=False)))
+    with_objects = next(iter(VLMLoader(data, records, tok, 3, train=False, object_grid=6)))
+    assert plain.object_labels is None
+    assert with_objects.object_labels.shape == (3, 2, 6, 6)
+    for i in range(3):
+        assert int((with_objects.object_labels[i, 0] > 0).sum()) <= len(records[i]["objects"])
+        assert torch.equal(with_objects.object_labels[i], object_labels(records[i], 6))

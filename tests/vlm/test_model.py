@@ -10,11 +10,11 @@ from kiln.model.presets import PRESETS
 from kiln.vlm.model import VLM, VisionConfig, VLMConfig
 
 
-def _vlm(seed: int = 0) -> VLM:
+def _vlm(seed: int = 0, init: str = "normal") -> VLM:
     torch.manual_seed(seed)
     text = ModelConfig(**{**PRESETS["olmo2-tiny"], "vocab_size": 64, "n_layers": 2, "d_model": 32, "n_heads": 2,
-                          "d_ff": 64})
-    return VLM(VLMConfig(VisionConfig(image_size=32, patch=8, d_model=16, n_layers=1, n_heads=2), text)).eval()
+                          "d_ff": 64, "init": init})
+    return VLM(VLMConfig(VisionConfig(image_size=32, patch=8, d_model=16, n_layers=1, n_heads=2, pool=2), text)).eval()
 
 
 def test_logits_cover_the_text_positions_and_equal_the_decoder_fed_the_image_prefix():
@@ -26,6 +26,14 @@ def test_logits_cover_the_text_positions_and_equal_the_decoder_fed_the_image_pre
     embeds = torch.cat([prefix, model.text.embed(ids)], dim=1)  # the placement, written out by hand
     by_hand = model.text(ids[:, :0], prefix=embeds)  # every position given as an embedding
     assert torch.allclose(logits, by_hand[:, 4:], atol=1e-6)
+
+
+@pytest.mark.parametrize("init", ["normal", "scaled_embed"])
+def test_image_tokens_start_at_the_scale_of_the_text_embeddings(init):
+    model = _vlm(init=init)
+    rms = model.image_tokens(torch.rand(4, 3, 32, 32)).detach().pow(2).mean().sqrt()
+    text_rms = model.text.embed.weight.detach().pow(2).mean().sqrt()
+    assert 0.5 < float(rms / text_rms) < 2.0  # 0.02 vs 1: the two schemes differ 50-fold
 
 
 def test_image_tokens_come_before_the_text_so_the_first_token_sees_the_image():
@@ -51,7 +59,7 @@ def test_every_vision_weight_is_initialised_from_the_configured_std():
 
 
 @pytest.mark.parametrize("kwargs, message", [(dict(image_size=30, patch=8), "multiple of vision.patch"),
-                                             (dict(image_size=24, patch=8), "does not split"),
+                                             (dict(image_size=24, patch=8, pool=2), "does not split"),
                                              (dict(d_model=30, n_heads=4), "vision.n_heads")])
 def test_bad_vision_shapes_are_refused_naming_the_key(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -92,3 +100,29 @@ def test_a_config_saved_before_token_positions_existed_loads_without_them():
     assert VLMConfig.from_dict(saved) == _vlm().cfg
     del saved["vision"]["token_positions"]
     assert VLMConfig.from_dict(saved).vision.token_positions is False
+
+
+def test_the_object_loss_is_the_weighted_cross_entropy_of_the_patch_classes_and_trains_the_vit():
+    model = _vlm().train()
+    ids, images = torch.randint(0, 64, (2, 5)), torch.rand(2, 3, 32, 32)
+    labels = torch.randint(0, 7, (2, 2, 4, 4))
+    logits, loss = model(ids, images=images, object_labels=labels)
+    assert torch.equal(logits, model(ids, images=images))  # the answer logits do not change
+    patches = model.vision(images)
+    scores = model.objects.proj(patches)
+    by_hand = (torch.nn.functional.cross_entropy(scores[..., :7].reshape(-1, 7), labels[:, 0].reshape(-1))
+               + torch.nn.functional.cross_entropy(scores[..., 7:].reshape(-1, 7), labels[:, 1].reshape(-1)))
+    assert torch.allclose(loss, model.cfg.vision.object_loss * by_hand)
+    loss.backward()
+    assert model.vision.patchify.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.text.parameters())  # the text model is not in this loss
+
+
+def test_no_object_head_when_its_weight_is_zero():
+    text = ModelConfig(**{**PRESETS["olmo2-tiny"], "vocab_size": 64, "n_layers": 1, "d_model": 32, "n_heads": 2,
+                          "d_ff": 64})
+    model = VLM(VLMConfig(VisionConfig(image_size=32, d_model=16, n_layers=1, n_heads=2, object_loss=0.0), text))
+    assert model.objects is None and not any(name.startswith("objects.") for name in model.state_dict())
+    out = model(torch.randint(0, 64, (1, 3)), images=torch.rand(1, 3, 32, 32),
+                object_labels=torch.zeros(1, 2, 4, 4, dtype=torch.long))
+    assert isinstance(out, torch.Tensor)

@@ -55,6 +55,20 @@ def test_training_checkpoints_scores_and_resumes_as_if_never_stopped(data, tmp_p
     assert split[-1]["val_loss"] == whole[-1]["val_loss"]
 
 
+def test_the_object_loss_is_logged_and_the_same_under_gradient_accumulation(data, tmp_path, capsys):
+    assert _train(data, tmp_path / "one", 3, "--schedule.name=constant") == 0
+    assert _train(data, tmp_path / "two", 3, "--schedule.name=constant", "--trainer.micro_batch_size=2",
+                  "--trainer.grad_accum=2") == 0
+    assert "object_loss" in capsys.readouterr().out
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert all(m["object_loss"] > 0 for m in one)
+    for a, b in zip(one, two, strict=True):  # two half batches weigh the same rows as one whole batch
+        assert b["object_loss"] == pytest.approx(a["object_loss"], rel=1e-4)
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+    assert _train(data, tmp_path / "off", 2, "--vision.object_loss=0") == 0
+    assert all("object_loss" not in m for m in _metrics(tmp_path / "off"))
+
+
 def test_eval_writes_scores_answers_and_a_gallery_and_point_draws(data, tmp_path, capsys):
     assert _train(data, tmp_path / "run", 4) == 0
     capsys.readouterr()

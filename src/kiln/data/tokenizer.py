@@ -140,16 +140,20 @@ def token_byte_lengths(tok: Tokenizer, vocab_size: int) -> np.ndarray:
     return lengths
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
+def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, split_digits: bool = False) -> Tokenizer:
     """Train a GPT-2-style byte-level BPE with `<|endoftext|>` as special token id 0.
 
     Any byte sequence encodes (no unknown token), and training is deterministic for the same texts in the same order.
+    `split_digits` makes every digit its own token, as Llama's and Qwen2's tokenizers do, so a number is always
+    spelled the same way (a merged BPE spells "28" as one token and "61" as two).
     """
     if vocab_size < 257:
         raise KilnError(f"--vocab-size {vocab_size} is too small: byte-level BPE needs 256 byte tokens plus "
                         f"{EOS_TOKEN}, so at least 257")
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS_TOKEN],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)

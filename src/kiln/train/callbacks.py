@@ -273,7 +273,8 @@ class Progress(Callback):
             self.bar.update(1)
         elif metrics["step"] % self.log_every == 0 or metrics["step"] == trainer.cfg.trainer.steps:
             mfu = f" mfu {metrics['mfu']:.1%}" if "mfu" in metrics else ""
-            self._write(f"step {metrics['step']}/{trainer.cfg.trainer.steps} loss {metrics['loss']:.4f} "
+            objects = f" object_loss {metrics['object_loss']:.4f}" if "object_loss" in metrics else ""
+            self._write(f"step {metrics['step']}/{trainer.cfg.trainer.steps} loss {metrics['loss']:.4f}{objects} "
                         f"z {metrics['z_loss']:.2e} grad_norm {metrics['grad_norm']:.3f} lr {metrics['lr']:.2e} "
                         f"tokens {metrics['tokens']:,} tok/s {metrics['tokens_per_s']:,.0f}{mfu}")
 

@@ -147,27 +147,31 @@ class Trainer:
         progress = self.state.step + 1 if self.cfg.schedule.units == "steps" else self.state.tokens + tokens_this_step
         lr = self.set_lr(lr_multiplier(self.cfg.schedule, progress, self.total))
         local_targets = sum(int((b.labels != -100).sum()) for b in micro_batches)
-        n_targets = max(int(sum_across_ranks([local_targets], self.device)[0]), 1)
-        ce_sum = z_sum = 0.0
+        local_rows = sum(b.input_ids.shape[0] for b in micro_batches)
+        n_targets, n_rows = (max(int(n), 1) for n in sum_across_ranks([local_targets, local_rows], self.device))
+        sums = [0.0, 0.0, 0.0]  # cross-entropy, z-loss, the model's auxiliary loss (a VLM's object loss)
         for i, batch in enumerate(micro_batches):
             with grad_sync(self.model, enabled=i == len(micro_batches) - 1):
-                ce, z = self.forward_loss(batch, n_targets)
+                terms = self.forward_loss(batch, n_targets, n_rows)
                 # Each rank's loss is its share of the global mean; DDP and FSDP average gradients over ranks,
                 # so scaling by the world size makes their average the single-process gradient.
-                ((ce + z) * self.world_size).backward()
-            ce_sum, z_sum = ce_sum + ce.item(), z_sum + z.item()
-        ce_sum, z_sum = sum_across_ranks([ce_sum, z_sum], self.device)
-        if not math.isfinite(ce_sum + z_sum):
-            raise NonFiniteLoss(f"loss is {ce_sum + z_sum} at step {self.state.step + 1}")
+                (sum(terms) * self.world_size).backward()
+            sums = [total + term.item() for total, term in zip(sums, terms, strict=True)]
+        ce_sum, z_sum, aux_sum = sum_across_ranks(sums, self.device)
+        if not math.isfinite(ce_sum + z_sum + aux_sum):
+            raise NonFiniteLoss(f"loss is {ce_sum + z_sum + aux_sum} at step {self.state.step + 1}")
         grad_norm = clip_grad_norm(self.model.parameters(), self.cfg.optim.grad_clip or math.inf)
-        skip = any([cb.before_optimizer_step(self, ce_sum + z_sum, grad_norm) for cb in self.callbacks])
+        skip = any([cb.before_optimizer_step(self, ce_sum + z_sum + aux_sum, grad_norm) for cb in self.callbacks])
         if not skip:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.state.tokens += tokens_this_step
-        return {"step": self.state.step, "loss": ce_sum, "z_loss": z_sum, "grad_norm": grad_norm, "lr": lr,
-                "tokens": self.state.tokens}
+        metrics = {"step": self.state.step, "loss": ce_sum, "z_loss": z_sum, "grad_norm": grad_norm, "lr": lr,
+                   "tokens": self.state.tokens}
+        if any(getattr(b, "object_labels", None) is not None for b in micro_batches):
+            metrics["object_loss"] = aux_sum
+        return metrics
 
     def request_rollback(self, reason: str, before_step: int | None = None) -> None:
         """Ask for a rollback, to a checkpoint older than `before_step`, once this step's callbacks have run."""
@@ -185,7 +189,9 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_rollback(self, restored_step, discarded)
 
-    def forward_loss(self, batch, n_targets: int) -> tuple[Tensor, Tensor]:
+    def forward_loss(self, batch, n_targets: int, n_rows: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(cross-entropy, z-loss, auxiliary loss) of one micro-batch, each its share of the step's mean. The
+        auxiliary term is a VLM's object loss (kiln.vlm.model), a mean over rows, when the batch has its labels."""
         input_ids = batch.input_ids.to(self.device, non_blocking=True)
         labels = batch.labels.to(self.device, non_blocking=True)
         inputs = {}
@@ -193,9 +199,14 @@ class Trainer:
             inputs["doc_ids"] = batch.doc_ids.to(self.device)
         if getattr(batch, "images", None) is not None:  # a VLM's batch (kiln.vlm.batches)
             inputs["images"] = batch.images.to(self.device, non_blocking=True)
+        if getattr(batch, "object_labels", None) is not None:
+            inputs["object_labels"] = batch.object_labels.to(self.device, non_blocking=True)
         with self.autocast():
-            logits = self.model(input_ids, **inputs)
-        return loss_terms(logits, labels, n_targets, self.cfg.trainer.z_loss)
+            out = self.model(input_ids, **inputs)
+        logits, aux = out if isinstance(out, tuple) else (out, None)
+        ce, z = loss_terms(logits, labels, n_targets, self.cfg.trainer.z_loss)
+        aux = ce.new_zeros(()) if aux is None else aux.float() * (input_ids.shape[0] / n_rows)
+        return ce, z, aux
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is not None:

@@ -21,6 +21,7 @@ from PIL import Image
 from tokenizers import Tokenizer
 
 from kiln.data.tokenizer import eos_id, train_bpe
+from kiln.vlm.scenes import COLOURS, SHAPES
 
 IGNORE_INDEX = -100
 SEPARATOR = "\n"
@@ -36,11 +37,13 @@ class VLMBatch:
     input_ids: torch.Tensor  # (B, T) int64
     labels: torch.Tensor  # (B, T) int64, IGNORE_INDEX off the answer
     doc_ids: torch.Tensor  # (B, T) zeros: a row is one document
+    object_labels: torch.Tensor | None = None  # (B, 2, G, G) colour and shape class per patch (kiln.vlm.model)
 
 
 def write_tokenizer(directory: str | Path, records: list[dict], vocab_size: int = 512) -> Tokenizer:
-    """Train the dataset's BPE on its training questions and answers and save it in the folder."""
-    tok = train_bpe((r["question"] + SEPARATOR + r["answer"] for r in records), vocab_size)
+    """Train the dataset's BPE on its training questions and answers and save it in the folder. Digits are single
+    tokens, so every coordinate is spelled digit by digit the same way."""
+    tok = train_bpe((r["question"] + SEPARATOR + r["answer"] for r in records), vocab_size, split_digits=True)
     tok.save(str(Path(directory) / TOKENIZER_FILE))
     return tok
 
@@ -65,7 +68,20 @@ def load_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
-def collate(rows: list[tuple[torch.Tensor, list[int], list[int]]], pad_id: int) -> VLMBatch:
+def object_labels(record: dict, grid: int) -> torch.Tensor:
+    """(2, grid, grid): the colour and shape class (1-based; 0 = none) of the object whose point lies in each
+    patch; where two points share a patch, the object drawn later (on top) wins."""
+    labels = torch.zeros(2, grid, grid, dtype=torch.long)
+    for obj in record["objects"]:
+        x, y = obj["point"]
+        col, row = min(int(x / 100 * grid), grid - 1), min(int(y / 100 * grid), grid - 1)
+        labels[0, row, col] = list(COLOURS).index(obj["colour"]) + 1
+        labels[1, row, col] = SHAPES.index(obj["shape"]) + 1
+    return labels
+
+
+def collate(rows: list[tuple[torch.Tensor, list[int], list[int]]], pad_id: int,
+            objects: list[torch.Tensor] | None = None) -> VLMBatch:
     """Stack images; right-pad ids with `pad_id` and labels with IGNORE_INDEX to the longest row."""
     width = max(len(ids) for _, ids, _ in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -74,22 +90,22 @@ def collate(rows: list[tuple[torch.Tensor, list[int], list[int]]], pad_id: int) 
         ids[i, :len(row_ids)] = torch.tensor(row_ids)
         labels[i, :len(row_labels)] = torch.tensor(row_labels)
     images = torch.stack([image for image, _, _ in rows])
-    return VLMBatch(images, ids, labels, torch.zeros_like(ids))
+    return VLMBatch(images, ids, labels, torch.zeros_like(ids), torch.stack(objects) if objects else None)
 
 
 class VLMLoader:
     """Batches of one split's records. split="train" runs forever, each epoch a permutation keyed by (seed, epoch);
     other splits are one pass in file order. `state_dict` holds the position, so a resumed run sees the same
-    batches an uninterrupted one would."""
+    batches an uninterrupted one would. With `object_grid` G > 0 batches carry the G x G object labels."""
 
     def __init__(self, directory: str | Path, records: list[dict], tok: Tokenizer, batch_size: int, seed: int = 0,
-                 train: bool = True) -> None:
+                 train: bool = True, object_grid: int = 0) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be 1 or more, got {batch_size}")
         if not records:
             raise ValueError(f"no records to batch in {directory}")
         self.directory, self.records, self.tok = Path(directory), records, tok
-        self.batch_size, self.seed, self.train = batch_size, seed, train
+        self.batch_size, self.seed, self.train, self.object_grid = batch_size, seed, train, object_grid
         self.pad_id = eos_id(tok)
         self.epoch = self.position = 0
 
@@ -112,7 +128,9 @@ class VLMLoader:
             record = self.records[int(i)]
             ids, labels = encode_example(self.tok, record["question"], record["answer"])
             rows.append((load_image(self.directory / record["image"]), ids, labels))
-        return collate(rows, self.pad_id)
+        records = [self.records[int(i)] for i in indices]
+        objects = [object_labels(r, self.object_grid) for r in records] if self.object_grid else None
+        return collate(rows, self.pad_id, objects)
 
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "epoch": self.epoch, "position": self.position, "seed": self.seed,

@@ -21,13 +21,16 @@ from torch import Tensor, nn
 
 from kiln.errors import KilnError
 from kiln.model.config import ModelConfig
-from kiln.model.init import trunc_normal_
+from kiln.model.init import embedding_stds, trunc_normal_
 from kiln.model.transformer import Transformer
+from kiln.vlm.scenes import COLOURS, SHAPES
+
+N_COLOURS, N_SHAPES = len(COLOURS), len(SHAPES)
 
 
 @dataclass
 class VisionConfig:
-    """The image encoder's shape. 96 px images in 8 px patches give 12 x 12 patches, pooled to 6 x 6 = 36 tokens."""
+    """The image encoder's shape. 96 px images in 8 px patches give 12 x 12 patches, 144 image tokens unpooled."""
 
     image_size: int = 96
     patch: int = 8
@@ -35,7 +38,8 @@ class VisionConfig:
     n_layers: int = 4
     n_heads: int = 4
     mlp_ratio: float = 4.0
-    pool: int = 2  # Molmo pools 2 x 2 patches into one image token
+    pool: int = 1  # Molmo pools 2 x 2 patches into one token; at 96 px such a token is as large as an object
+    object_loss: float = 1.0  # weight of the ViT's auxiliary object loss (see ObjectHead); 0 = none
     token_positions: bool = True  # a learned embedding per image token, added in the decoder's width (see Connector)
     init_std: float = 0.02
 
@@ -107,13 +111,35 @@ class Connector(nn.Module):
         super().__init__()
         self.pool = vision.pool
         self.mlp = nn.Sequential(nn.Linear(vision.d_model, d_text), nn.GELU(), nn.Linear(d_text, d_text))
+        self.norm = nn.LayerNorm(d_text)  # image tokens start at the scale of the decoder's token embeddings
         self.position = nn.Parameter(torch.zeros(vision.image_tokens, d_text)) if vision.token_positions else None
 
     def forward(self, patches: Tensor) -> Tensor:
         """(B, G, G, d) -> (B, (G / pool)^2, d_text), windows in row-major order."""
         x = F.avg_pool2d(patches.permute(0, 3, 1, 2), self.pool)  # (B, d, G/p, G/p)
-        tokens = self.mlp(x.flatten(2).transpose(1, 2))
+        tokens = self.norm(self.mlp(x.flatten(2).transpose(1, 2)))
         return tokens if self.position is None else tokens + self.position
+
+
+class ObjectHead(nn.Module):
+    """The ViT's auxiliary objective: each patch names the colour and the shape of the object whose point (the
+    pixel an answer points at) lies in it, or "none". Molmo starts from a ViT that CLIP pretrained on 400M image
+    and caption pairs; trained from scratch, ours gets no useful gradient through a decoder that has not yet learned
+    to look, and the decoder cannot learn to look at features that say nothing (docs/vlm.md has the runs). This dense
+    loss breaks that loop from the image side; it is added to the answer loss with weight `vision.object_loss`."""
+
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        self.weight = cfg.object_loss
+        self.proj = nn.Linear(cfg.d_model, N_COLOURS + 1 + N_SHAPES + 1)
+
+    def forward(self, patches: Tensor, labels: Tensor) -> Tensor:
+        """patches (B, G, G, d), labels (B, 2, G, G) of colour and shape classes (0 = none) -> weighted loss."""
+        logits = self.proj(patches)
+        colour, shape = logits[..., :N_COLOURS + 1], logits[..., N_COLOURS + 1:]
+        loss = (F.cross_entropy(colour.flatten(0, 2), labels[:, 0].flatten())
+                + F.cross_entropy(shape.flatten(0, 2), labels[:, 1].flatten()))
+        return self.weight * loss
 
 
 class VLM(nn.Module):
@@ -124,22 +150,36 @@ class VLM(nn.Module):
         self.cfg = cfg
         self.vision = ViT(cfg.vision)
         self.connector = Connector(cfg.vision, cfg.text.d_model)
+        self.objects = ObjectHead(cfg.vision) if cfg.vision.object_loss else None
         self.text = Transformer(cfg.text)  # initialises itself (kiln.model.init)
         init_vision_weights(self, cfg.vision.init_std)
 
     def image_tokens(self, images: Tensor) -> Tensor:
         return self.connector(self.vision(images))
 
-    def forward(self, input_ids: Tensor, *, images: Tensor, **kwargs) -> Tensor:
-        prefix = self.image_tokens(images)
+    def forward(self, input_ids: Tensor, *, images: Tensor, object_labels: Tensor | None = None,
+                **kwargs) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits of the text positions; with `object_labels` (training), also the ViT's object loss."""
+        patches = self.vision(images)
+        prefix = self.connector(patches)
         logits = self.text(input_ids, prefix=prefix, **kwargs)
-        return logits if kwargs.get("last_only") else logits[:, prefix.shape[1]:]
+        logits = logits if kwargs.get("last_only") else logits[:, prefix.shape[1]:]
+        if object_labels is None or self.objects is None:
+            return logits
+        return logits, self.objects(patches, object_labels)
 
 
 def init_vision_weights(model: VLM, std: float) -> None:
     """Every vision and connector matrix from a truncated normal(0, std), as OLMo 2 initialises its decoder
-    (kiln.model.init); biases zero, LayerNorms one; every position embedding normal(0, std)."""
-    for module in [*model.vision.modules(), *model.connector.modules()]:
+    (kiln.model.init); biases zero, LayerNorms one; the ViT's position embeddings normal(0, std).
+
+    What enters the decoder is drawn at the scale of its token embeddings (0.02 under OLMo 2's init, 1 under
+    `scaled_embed`): the connector's output norm has that gain and its per-token positions that std. Image tokens
+    far smaller than the text's are drowned in the decoder's residual stream, whose sub-layer outputs are normalised
+    to about 1 (OLMo 2's reordered norm)."""
+    embed_std = embedding_stds(model.cfg.text)[0]
+    heads = model.objects.modules() if model.objects is not None else []
+    for module in [*model.vision.modules(), *model.connector.modules(), *heads]:
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             trunc_normal_(module.weight, std)
             if module.bias is not None:
@@ -150,9 +190,11 @@ def init_vision_weights(model: VLM, std: float) -> None:
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
-    for embedding in (model.vision.row_embed, model.vision.col_embed, model.connector.position):
-        if embedding is not None:
-            trunc_normal_(embedding, std)
+    trunc_normal_(model.vision.row_embed, std)
+    trunc_normal_(model.vision.col_embed, std)
+    nn.init.constant_(model.connector.norm.weight, embed_std)
+    if model.connector.position is not None:
+        trunc_normal_(model.connector.position, embed_std)
 
 
 def load_vlm(path: str | Path, device: str | torch.device = "cpu") -> tuple[VLM, Tokenizer]:

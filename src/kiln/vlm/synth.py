@@ -34,7 +34,7 @@ from PIL import Image
 from kiln.vlm.points import NONE_ANSWER, format_count, format_points
 from kiln.vlm.scenes import COLOURS, SHAPES, Scene, SceneConfig, draw_scene
 
-GENERATOR_VERSION = 2  # 2: records say which kind of question was asked ("asked")
+GENERATOR_VERSION = 3  # 2: records say which kind of question was asked ("asked"); 3: count answers point first
 SPLITS = ("train", "val", "test")
 KINDS = ("point", "count", "count_point")  # plus "absent", for any kind whose target is not in the image
 DEFAULT_HELD_OUT: tuple[tuple[str, str], ...] = (
@@ -201,14 +201,12 @@ def ask(rng: np.random.Generator, scene: Scene, target: Target) -> dict:
 
 
 def answer_for(kind: str, points: list[tuple[float, float]], alt: str) -> str:
-    """The answer text: points, counting form (points then the total), or a plain count ("There are 3.")."""
+    """The answer text: points for a pointing question; for both kinds of counting question Molmo's counting form,
+    the points and then the total ("Counting the <points ...>...</points> shows a total of 3."), so the model
+    counts by pointing, as Molmo does."""
     if not points:
         return NONE_ANSWER
-    if kind == "point":
-        return format_points(points, alt)
-    if kind == "count_point":
-        return format_count(points, alt)
-    return "There is 1." if len(points) == 1 else f"There are {len(points)}."
+    return format_points(points, alt) if kind == "point" else format_count(points, alt)
 
 
 def make_image(cfg: SynthConfig, index: int) -> tuple[bytes, list[dict]]:

@@ -58,7 +58,7 @@ class VLMTrainConfig(TrainConfig):
 # The VLM job's defaults (on top of TrainConfig's): a 2-layer decoder, a 4-layer ViT, data/vlm.
 DEFAULTS: dict[str, Any] = {
     "model": {"preset": "olmo2-tiny", "n_layers": 2, "d_model": 128, "n_heads": 4, "d_ff": 512,
-              "max_seq_len": 512},
+              "max_seq_len": 512, "init": "scaled_embed"},  # embeddings at std 1: see init_vision_weights
     "data": {"paths": ["data/vlm"], "seq_len": 96, "repeat_filter": False},  # seq_len: a row's typical length
     "trainer": {"run_dir": "runs/vlm", "steps": 3000, "micro_batch_size": 32},
     "optim": {"lr": 2e-3},
@@ -129,7 +129,9 @@ def build_vlm_run(cfg: VLMTrainConfig, resume: bool | None = None) -> Run:
     model_cfg = VLMConfig(cfg.vision, build_model_config(cfg, vocab_size(tok)))
     model = VLM(model_cfg).to(device)
     optimizer = build_adamw(model, cfg.optim)
-    train_loader = VLMLoader(data_dir, load_split(data_dir, "train"), tok, tc.micro_batch_size, tc.seed)
+    object_grid = cfg.vision.grid if cfg.vision.object_loss else 0
+    train_loader = VLMLoader(data_dir, load_split(data_dir, "train"), tok, tc.micro_batch_size, tc.seed,
+                             object_grid=object_grid)
     val_loader = VLMLoader(data_dir, load_split(data_dir, "val"), tok, tc.micro_batch_size, train=False)
     watchdog = cbs.WatchdogCallback(cfg.watchdog)
     checkpointer = cbs.Checkpointer(run_dir, cfg.checkpoint.every, cfg.checkpoint.keep_last,
