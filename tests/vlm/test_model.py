@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kiln.errors import KilnError
 from kiln.model.config import ModelConfig
 from kiln.model.presets import PRESETS
 from kiln.vlm.model import VLM, VisionConfig, VLMConfig
@@ -95,11 +96,12 @@ def test_image_tokens_of_a_uniform_image_differ_by_place_only_with_token_positio
     assert torch.allclose(tokens[0], tokens[3]) is not token_positions
 
 
-def test_a_config_saved_before_token_positions_existed_loads_without_them():
+def test_a_config_of_the_earlier_model_is_refused_with_a_reason():
     saved = _vlm().cfg.to_dict()
     assert VLMConfig.from_dict(saved) == _vlm().cfg
-    del saved["vision"]["token_positions"]
-    assert VLMConfig.from_dict(saved).vision.token_positions is False
+    del saved["vision"]["object_loss"]
+    with pytest.raises(KilnError, match="predates"):
+        VLMConfig.from_dict(saved)
 
 
 def test_the_object_loss_is_the_weighted_cross_entropy_of_the_patch_classes_and_trains_the_vit():

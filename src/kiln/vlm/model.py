@@ -1,12 +1,12 @@
 """The VLM: a small ViT, Molmo's connector, and Kiln's decoder, read top to bottom.
 
-image (B, 3, H, W) -> patches of `patch` px -> ViT -> 2x2 pooling of neighbouring patch features -> MLP to the
-decoder's width -> image tokens placed before the text tokens -> the Kiln Transformer -> logits of the text
-positions only, so a batch's labels line up with its token ids and the trainer's loss needs no change.
+image (B, 3, H, W) -> patches of `patch` px -> ViT -> optional pooling of neighbouring patch features -> MLP and
+norm to the decoder's width -> image tokens placed before the text tokens -> the Kiln Transformer -> logits of the
+text positions only, so a batch's labels line up with its token ids and the trainer's loss needs no change.
 
 Molmo (Deitke et al. 2024, "Molmo and PixMo", section 2) crops a CLIP ViT-L/14's features, pools each 2x2 window of
-patches (with attention) and projects them with an MLP into the LLM; here the ViT is trained from scratch and the
-pooling is a plain mean, the smallest version of the same design.
+patches (with attention) and projects them with an MLP into the LLM; here the ViT is trained from scratch, with an
+auxiliary object loss standing in for CLIP's pretraining, and pooling (a plain mean) is off by default.
 """
 
 from __future__ import annotations
@@ -73,8 +73,10 @@ class VLMConfig:
     def from_dict(cls, data: dict) -> VLMConfig:
         if not isinstance(data, dict) or set(data) != {"vision", "text"}:
             raise KilnError("not a VLM config: expected the keys vision and text (is this a text model's checkpoint?)")
-        vision = {"token_positions": False, **data["vision"]}  # configs saved before the option had none
-        return cls(VisionConfig(**vision), ModelConfig.from_dict(data["text"]))
+        if "object_loss" not in data["vision"]:
+            raise KilnError("this VLM checkpoint predates kiln vlm's current model (connector norm, object head, "
+                            "generator version 3 data); train a new one with `kiln vlm train`")
+        return cls(VisionConfig(**data["vision"]), ModelConfig.from_dict(data["text"]))
 
 
 class ViT(nn.Module):
