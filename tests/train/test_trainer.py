@@ -15,8 +15,9 @@ from kiln.model import ModelConfig, Transformer
 from kiln.optim.adamw import OptimConfig, build_adamw
 from kiln.train import checkpointing
 from kiln.train.callbacks import Evaluator
+from kiln.train.loss import loss_terms
 from kiln.train.run import build_run, train
-from kiln.train.trainer import Trainer, loss_terms
+from kiln.train.trainer import Trainer
 
 from ..data.conftest import write_dataset
 from .conftest import tiny_config, train_until_crash

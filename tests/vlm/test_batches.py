@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kiln.train.trainer import loss_terms
+from kiln.train.loss import loss_terms
 from kiln.vlm.batches import (
     IGNORE_INDEX,
     VLMLoader,

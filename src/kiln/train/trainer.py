@@ -19,6 +19,7 @@ from kiln.errors import KilnError
 from kiln.optim.schedule import lr_multiplier
 from kiln.train.config import TrainConfig
 from kiln.train.flops import format_flops, remeasure_cpu_peak
+from kiln.train.loss import loss_terms
 
 log = logging.getLogger("kiln.train")
 
@@ -56,44 +57,6 @@ class TrainState:
     tokens: int = 0
     lr_scale: float = 1.0  # lowered by each rollback, saved with checkpoints
     rollbacks: int = 0  # rollbacks so far, saved with checkpoints so stability.max_rollbacks holds across restarts
-
-
-class _CrossEntropyZLoss(torch.autograd.Function):
-    """Cross-entropy and z-loss of (N, V) fp32 logits from one logsumexp, with a one-pass backward.
-
-    Autograd's version of the pair costs about twice plain cross-entropy (a second softmax pass and a scatter
-    into a fresh N x V tensor); here both gradients come from one softmax: d/dlogits = keep / n *
-    ((g_ce + 2 w lse g_z) softmax - g_ce onehot(target)).
-    """
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, labels: Tensor, n_targets: int, z_weight: float) -> tuple[Tensor, Tensor]:
-        keep = (labels != -100).to(logits.dtype)
-        safe = labels.clamp(min=0)
-        lse = torch.logsumexp(logits, dim=-1)  # (N,)
-        target = logits.gather(1, safe[:, None]).squeeze(1)
-        ctx.save_for_backward(logits, lse, safe, keep)
-        ctx.n_targets, ctx.z_weight = n_targets, z_weight
-        ce = ((lse - target) * keep).sum() / n_targets
-        return ce, (lse.pow(2) * keep).sum() * z_weight / n_targets
-
-    @staticmethod
-    def backward(ctx, g_ce: Tensor, g_z: Tensor) -> tuple[Tensor, None, None, None]:
-        logits, lse, safe, keep = ctx.saved_tensors
-        scale = keep / ctx.n_targets
-        coef = scale * (g_ce + g_z * 2 * ctx.z_weight * lse)
-        grad = torch.sub(logits, lse[:, None]).exp_().mul_(coef[:, None])  # (N, V) softmax, scaled per row
-        grad.scatter_add_(1, safe[:, None], (-scale * g_ce)[:, None])
-        return grad, None, None, None
-
-
-def loss_terms(logits: Tensor, labels: Tensor, n_targets: int, z_weight: float) -> tuple[Tensor, Tensor]:
-    """Summed cross-entropy and z-loss (z_weight * logsumexp^2) over the targets, divided by `n_targets`.
-
-    Dividing by the step's total target count, not each micro-batch's, weights every token equally under
-    gradient accumulation. The z-loss (PaLM; OLMo 2 and Chameleon use 1e-5) keeps the softmax normaliser near 1.
-    """
-    return _CrossEntropyZLoss.apply(logits.float().flatten(0, 1), labels.flatten(), n_targets, z_weight)
 
 
 class Trainer:
