@@ -123,12 +123,9 @@ class VLMLoader:
             self.epoch, self.position = self.epoch + 1, 0
 
     def _batch(self, indices) -> VLMBatch:
-        rows = []
-        for i in indices:
-            record = self.records[int(i)]
-            ids, labels = encode_example(self.tok, record["question"], record["answer"])
-            rows.append((load_image(self.directory / record["image"]), ids, labels))
         records = [self.records[int(i)] for i in indices]
+        rows = [(load_image(self.directory / r["image"]), *encode_example(self.tok, r["question"], r["answer"]))
+                for r in records]
         objects = [object_labels(r, self.object_grid) for r in records] if self.object_grid else None
         return collate(rows, self.pad_id, objects)
 
