@@ -49,10 +49,10 @@ def require_positive(section: Any, prefix: str, *names: str) -> None:
 
 
 def require_non_negative(section: Any, prefix: str, *names: str) -> None:
-    """Each named field must be >= 0 (for counts and intervals where 0 means off or all)."""
+    """Each named field must be >= 0 (for counts and intervals where 0 means off or all); None means unset."""
     for name in names:
         value = getattr(section, name)
-        require(value >= 0, f"{prefix}.{name}", value, "0 or more")
+        require(value is None or value >= 0, f"{prefix}.{name}", value, "0 or more")
 
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:

@@ -176,3 +176,13 @@ def test_mup_under_fsdp_matches_one_process_and_resumes(tiny_dataset, tmp_path):
     resumed = {**configs["single"], "trainer": {**configs["single"]["trainer"], "run_dir": str(tmp_path / "resumed")}}
     assert train(load_config(None, resumed)).resumed_from.name == "step000003"
     _assert_same_training(tmp_path / "single", tmp_path / "resumed")
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_chunked_loss_on_two_ranks_matches_whole_logits_on_one(runs, tiny_dataset, tmp_path, strategy):
+    """The loss a few rows at a time, where FSDP has gathered the output weight inside forward, trains as the one
+    process computing whole logits does, through evaluation and checkpoints."""
+    config = _config(tiny_dataset, tmp_path / strategy, micro=2, strategy=strategy)
+    config["trainer"]["loss_chunk"] = 5  # rows: several blocks per micro-batch, the last one short
+    run_ranks(TRAIN, {"config": config})
+    _assert_same_training(runs["single"], tmp_path / strategy)

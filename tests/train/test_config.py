@@ -54,6 +54,7 @@ def test_int_is_accepted_where_float_is_expected():
     ("--trainer.precision=fp8", ["trainer.precision", "fp32", "bf16"]),
     ("--optim.betas=[0.9]", ["optim.betas", "2 items"]),
     ("--nosuchsection.x=1", ["nosuchsection"]),
+    ("--trainer.loss_chunk=-1", ["trainer.loss_chunk=-1", "0 or more"]),
 ])
 def test_bad_keys_and_types_name_the_key(override, words):
     with pytest.raises(ConfigKeyError) as info:

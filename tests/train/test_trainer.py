@@ -15,7 +15,7 @@ from kiln.model import ModelConfig, Transformer
 from kiln.optim.adamw import OptimConfig, build_adamw
 from kiln.train import checkpointing
 from kiln.train.callbacks import Evaluator
-from kiln.train.loss import loss_terms
+from kiln.train.loss import AUTO_CHUNK_ROWS, loss_chunk_rows, loss_terms
 from kiln.train.run import build_run, train
 from kiln.train.trainer import Trainer
 
@@ -243,6 +243,50 @@ def test_activation_checkpointing_gives_the_same_weights(tiny_dataset, tmp_path)
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_chunked_loss_trains_as_whole_logits_do(tiny_dataset, tmp_path, tied):
+    """Rows a few at a time (the last block short) under gradient accumulation, with the stability statistics,
+    evaluation and checkpoints every 2 steps: the same metrics and weights as whole logits."""
+    runs = {}
+    for chunk in (0, 7):
+        runs[chunk] = train(tiny_config(tiny_dataset, tmp_path / str(chunk), model={"tie_embeddings": tied},
+                                        trainer={"steps": 4, "grad_accum": 2, "micro_batch_size": 2,
+                                                 "loss_chunk": chunk},
+                                        eval={"every": 2}, checkpoint={"every": 2}, stability={"layer_stats_every": 2}))
+    assert [r.trainer.loss_chunk for r in runs.values()] == [0, 7]
+    whole, chunked = ([json.loads(x) for x in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
+                      for r in runs.values())
+    for a, b in zip(whole, chunked, strict=True):
+        for key in ("loss", "z_loss", "grad_norm", "val_loss", "output_logit_max"):
+            assert (key in a) == (key in b) and b.get(key, 0) == pytest.approx(a.get(key, 0), rel=1e-5), key
+    assert sum("output_logit_max" in m for m in whole) == 2
+    a, b = _weights(tmp_path / "0"), _weights(tmp_path / "7")
+    for key in a:  # fp32 sums in another order through 4 AdamW steps at LR 1e-2; float64 is exact (below)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=5e-5)
+
+
+def test_the_chunked_loss_step_equals_the_whole_logits_step_in_float64():
+    torch.manual_seed(1)
+    ids = torch.randint(0, 50, (4, 9))
+    steps = []
+    for chunk in (0, 5):
+        trainer = _bare_trainer(2, 2)
+        trainer.model.double()
+        trainer.loss_chunk = chunk
+        metrics = trainer.train_step([_batch(ids[:2], masked_rows=[0]), _batch(ids[2:])])
+        steps.append((metrics, list(trainer.model.parameters())))
+    (m0, w0), (m5, w5) = steps
+    assert m5["loss"] == pytest.approx(m0["loss"], rel=1e-12) and m5["z_loss"] == pytest.approx(m0["z_loss"], rel=1e-12)
+    assert m5["grad_norm"] == pytest.approx(m0["grad_norm"], rel=1e-12)
+    for a, b in zip(w0, w5, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_the_loss_is_chunked_by_default_only_at_a_large_vocabulary():
+    assert loss_chunk_rows(None, 100_352) == AUTO_CHUNK_ROWS and loss_chunk_rows(None, 8192) == 0
+    assert loss_chunk_rows(0, 100_352) == 0 and loss_chunk_rows(64, 8192) == 64
 
 
 def test_loss_gradients_equal_autograd_of_the_plain_formula():

@@ -69,6 +69,15 @@ def test_the_object_loss_is_logged_and_the_same_under_gradient_accumulation(data
     assert all("object_loss" not in m for m in _metrics(tmp_path / "off"))
 
 
+def test_the_chunked_loss_scores_the_answers_alone_as_whole_logits_do(data, tmp_path):
+    """The decoder hands the chunked loss the text positions only, not the image tokens before them."""
+    assert _train(data, tmp_path / "whole", 3, "--trainer.loss_chunk=0") == 0
+    assert _train(data, tmp_path / "chunked", 3, "--trainer.loss_chunk=5") == 0
+    for a, b in zip(_metrics(tmp_path / "whole"), _metrics(tmp_path / "chunked"), strict=True):
+        for key in ("loss", "z_loss", "object_loss", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5), key
+
+
 def test_eval_writes_scores_answers_and_a_gallery_and_point_draws(data, tmp_path, capsys):
     assert _train(data, tmp_path / "run", 4) == 0
     capsys.readouterr()

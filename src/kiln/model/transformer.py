@@ -6,6 +6,9 @@ No parallelism lives here; `kiln.distributed` wraps this module from the outside
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -248,13 +251,16 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: Tensor, *, doc_ids: Tensor | None = None, pad_mask: Tensor | None = None,
                 cache: KVCache | None = None, last_only: bool = False, positions: Tensor | None = None,
-                attn_mask: Tensor | None = None, prefix: Tensor | None = None) -> Tensor:
+                attn_mask: Tensor | None = None, prefix: Tensor | None = None,
+                head_fn: Callable[[Tensor, Tensor], Any] | None = None) -> Any:
         """`doc_ids` (B, T) keeps attention inside documents; `pad_mask` (B, cache + T) marks real tokens.
         `last_only` returns the last position's logits (B, 1, V): scoring a prompt needs no more. `positions`
         (B, T) and a boolean `attn_mask` (B, 1, T, T) run packed rows, such as several continuations of one prompt
         that each see the prompt but not each other; they replace the positions and mask derived from the rest.
         `prefix` (B, P, C) are embeddings placed before the tokens (a VLM's image tokens); the logits then cover
-        P + T positions."""
+        P + T positions. `head_fn(hidden, weight)` replaces the output projection: it gets the final (B, T, C)
+        states and the (V, C) output weight and its result is returned, so a loss can project a block of rows at
+        a time inside forward, where FSDP has the weight gathered."""
         x = self.embed(input_ids)  # (B, T, C)
         if prefix is not None:
             x = torch.cat([prefix.to(x.dtype), x], dim=1)
@@ -275,6 +281,8 @@ class Transformer(nn.Module):
         x = self.norm(x[:, -1:] if last_only else x)
         if self.cfg.output_mult != 1.0:  # muP's readout multiplier, applied to the (smaller) input of the head
             x = x * self.cfg.output_mult
+        if head_fn is not None:
+            return head_fn(x, self.head.weight if self.head is not None else self.embed.weight)
         return self.head(x) if self.head is not None else F.linear(x, self.embed.weight)
 
     @staticmethod

@@ -136,7 +136,9 @@ class ActivationProbe:
         return hook
 
     def _output_hook(self, module, inputs, output):
-        self.output_max = max(self.output_max, float(output.detach().float().abs().max()))
+        logits_max = getattr(output, "logit_max", None)  # the chunked loss's (kiln.train.loss), which has no logits
+        value = output.detach().float().abs().max() if logits_max is None else logits_max
+        self.output_max = max(self.output_max, float(value))
 
     def reduce(self, device: torch.device) -> dict[str, float]:
         """The statistics over every rank's passes; every rank must call this (it holds collectives)."""

@@ -79,6 +79,8 @@ class TrainerConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = bf16 autocast (FSDP: bf16 compute), fp32 weights
     z_loss: float = 1e-5  # weight of the squared log-partition loss that keeps logits small (OLMo 2, Chameleon)
+    loss_chunk: int | None = None  # rows of logits per block of the output projection + loss; 0 = whole logits;
+    # null = blocks of 1024 rows from a 32k vocabulary up (kiln.train.loss.loss_chunk_rows)
     compile: bool = False  # torch.compile the model (each block under FSDP)
     activation_checkpointing: bool = False  # recompute activations in backward, trading compute for memory
     peak_flops: float | None = None  # per device, for MFU; measured on CPU when unset
@@ -88,7 +90,7 @@ class TrainerConfig:
     def validate(self) -> None:
         require_positive(self, "trainer", "steps", "micro_batch_size", "grad_accum", "log_every", "peak_flops",
                          "threads")
-        require_non_negative(self, "trainer", "z_loss")
+        require_non_negative(self, "trainer", "z_loss", "loss_chunk")
 
 
 @dataclass

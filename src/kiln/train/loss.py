@@ -13,10 +13,14 @@ Language Models").
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
 IGNORE_INDEX = -100
+AUTO_CHUNK_ROWS = 1024  # rows per block when `trainer.loss_chunk` is unset (docs/performance.md)
+AUTO_CHUNK_VOCAB = 32768  # smallest (padded) vocabulary at which the chunked path is chosen by default
 
 
 def _wide(x: Tensor) -> Tensor:
@@ -61,35 +65,64 @@ class _CrossEntropyZLoss(torch.autograd.Function):
 
 
 class _ChunkedLinearCrossEntropyZLoss(torch.autograd.Function):
-    """The output projection and the loss, `chunk` rows at a time; backward recomputes each block's logits."""
+    """The output projection and the loss, `chunk` rows at a time.
+
+    When gradients are wanted, forward also computes them, block by block, for a backward that scales both terms
+    alike (the training step's `ce + z`, times the world size): backward then only multiplies, and the step does
+    the three matmuls of the full path. Any other pair of upstream gradients recomputes each block's logits."""
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, labels: Tensor, n_targets: int, z_weight: float,
-                chunk: int) -> tuple[Tensor, Tensor]:
+                chunk: int, want_grads: bool) -> tuple[Tensor, Tensor]:
         wide = torch.promote_types(hidden.dtype, torch.float32)
         keep, safe = (labels != IGNORE_INDEX).to(wide), labels.clamp(min=0)
         lse = hidden.new_empty(hidden.shape[0], dtype=wide)
         ce = z = hidden.new_zeros((), dtype=wide)
+        logit_max = hidden.new_zeros((), dtype=wide)
+        grads = _empty_grads(hidden, weight, wide) if want_grads else None
+        one = hidden.new_ones((), dtype=wide)
         for start in range(0, hidden.shape[0], chunk):
             rows = slice(start, start + chunk)
             logits = _wide(hidden[rows] @ weight.t())
             lse[rows], block_ce, block_z = _sums(logits, safe[rows], keep[rows])
             ce, z = ce + block_ce, z + block_z
+            logit_max = torch.maximum(logit_max, logits.abs().amax())
+            if grads is not None:
+                grad = _logit_grad(logits, lse[rows], safe[rows], keep[rows], n_targets, z_weight, one, one)
+                _add_block_grads(grads, grad, hidden, weight, rows)
         ctx.save_for_backward(hidden, weight, lse, safe, keep)
-        ctx.n_targets, ctx.z_weight, ctx.chunk = n_targets, z_weight, chunk
-        return ce / n_targets, z * z_weight / n_targets
+        ctx.grads, ctx.n_targets, ctx.z_weight, ctx.chunk = grads, n_targets, z_weight, chunk
+        ctx.mark_non_differentiable(logit_max)
+        return ce / n_targets, z * z_weight / n_targets, logit_max
 
     @staticmethod
-    def backward(ctx, g_ce: Tensor, g_z: Tensor) -> tuple[Tensor, Tensor, None, None, None, None]:
+    def backward(ctx, g_ce: Tensor, g_z: Tensor, _g_max: Tensor) -> tuple[Tensor, Tensor, None, None, None, None,
+                                                                          None]:
         hidden, weight, lse, safe, keep = ctx.saved_tensors
-        grad_hidden, grad_weight = torch.empty_like(hidden), torch.zeros_like(weight, dtype=lse.dtype)
-        for start in range(0, hidden.shape[0], ctx.chunk):
-            rows = slice(start, start + ctx.chunk)
-            logits = _wide(hidden[rows] @ weight.t())
-            grad = _logit_grad(logits, lse[rows], safe[rows], keep[rows], ctx.n_targets, ctx.z_weight, g_ce, g_z)
-            grad_hidden[rows] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
-            grad_weight += grad.t() @ _wide(hidden[rows])
-        return grad_hidden, grad_weight.to(weight.dtype), None, None, None, None
+        grads, ctx.grads = ctx.grads, None
+        if grads is not None and torch.equal(g_ce, g_z):
+            grad_hidden, grad_weight = (g.mul_(g_ce) for g in grads)
+        else:
+            grad_hidden, grad_weight = grads = _empty_grads(hidden, weight, lse.dtype)
+            for start in range(0, hidden.shape[0], ctx.chunk):
+                rows = slice(start, start + ctx.chunk)
+                logits = _wide(hidden[rows] @ weight.t())
+                grad = _logit_grad(logits, lse[rows], safe[rows], keep[rows], ctx.n_targets, ctx.z_weight, g_ce,
+                                   g_z)
+                _add_block_grads(grads, grad, hidden, weight, rows)
+        return grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype), None, None, None, None, None
+
+
+def _empty_grads(hidden: Tensor, weight: Tensor, wide: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Gradient buffers of the hidden states (filled block by block) and of the weight (summed over blocks)."""
+    return torch.empty_like(hidden), torch.zeros_like(weight, dtype=wide)
+
+
+def _add_block_grads(grads: tuple[Tensor, Tensor], grad: Tensor, hidden: Tensor, weight: Tensor,
+                     rows: slice) -> None:
+    """Backpropagate one block's logit gradient through `hidden[rows] @ weight.T` into the buffers."""
+    grads[0][rows] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
+    grads[1].addmm_(grad.t(), _wide(hidden[rows]))
 
 
 def loss_terms(logits: Tensor, labels: Tensor, n_targets: int, z_weight: float) -> tuple[Tensor, Tensor]:
@@ -97,11 +130,28 @@ def loss_terms(logits: Tensor, labels: Tensor, n_targets: int, z_weight: float) 
     return _CrossEntropyZLoss.apply(_wide(logits).flatten(0, 1), labels.flatten(), n_targets, z_weight)
 
 
+class ChunkedLoss(NamedTuple):
+    """The two loss terms, and the largest |logit| seen on the way (the stability monitor's output_logit_max)."""
+
+    ce: Tensor
+    z: Tensor
+    logit_max: Tensor
+
+
 def chunked_loss_terms(hidden: Tensor, weight: Tensor, labels: Tensor, n_targets: int, z_weight: float,
-                       chunk: int) -> tuple[Tensor, Tensor]:
+                       chunk: int) -> ChunkedLoss:
     """What `loss_terms(hidden @ weight.T, ...)` returns, from (B, T, C) hidden states and the (V, C) output
     weight, holding at most `chunk` rows of logits at once."""
     if chunk < 1:
         raise ValueError(f"chunk must be 1 or more rows, got {chunk}")
-    return _ChunkedLinearCrossEntropyZLoss.apply(hidden.flatten(0, 1), weight, labels.flatten(), n_targets,
-                                                 z_weight, chunk)
+    want_grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    return ChunkedLoss(*_ChunkedLinearCrossEntropyZLoss.apply(hidden.flatten(0, 1), weight, labels.flatten(),
+                                                               n_targets, z_weight, chunk, want_grads))
+
+
+def loss_chunk_rows(setting: int | None, padded_vocab: int) -> int:
+    """Rows per block of the chunked loss, 0 for whole logits: `setting` when given, else blocks of
+    AUTO_CHUNK_ROWS from AUTO_CHUNK_VOCAB up, where the logits dominate a step's memory."""
+    if setting is not None:
+        return setting
+    return AUTO_CHUNK_ROWS if padded_vocab >= AUTO_CHUNK_VOCAB else 0

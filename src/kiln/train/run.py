@@ -28,6 +28,7 @@ from kiln.train.checkpointing import check_same_shape, list_step_dirs, load_chec
 from kiln.train.config import TrainConfig
 from kiln.train.config_changes import record_config
 from kiln.train.flops import peak_flops
+from kiln.train.loss import loss_chunk_rows
 from kiln.train.trainer import NonFiniteLoss, Trainer
 
 log = logging.getLogger("kiln.train")
@@ -183,6 +184,7 @@ def build_run(cfg: TrainConfig, resume: bool | None = None) -> Run:
     trainer = Trainer(cfg, wrapped, optimizer, iter(train_loader), device, callbacks,
                       flops_per_token(model_cfg, cfg.data.seq_len), peak.value, world_size)
     trainer.peak_source = peak.source
+    trainer.loss_chunk = loss_chunk_rows(tc.loss_chunk, model_cfg.padded_vocab_size)
     if strategy in ("fsdp", "hsdp"):
         trainer.autocast_dtype = None  # FSDP's mixed-precision policy already computes in bf16
     if cfg.stability.rollback:

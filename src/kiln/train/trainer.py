@@ -19,7 +19,7 @@ from kiln.errors import KilnError
 from kiln.optim.schedule import lr_multiplier
 from kiln.train.config import TrainConfig
 from kiln.train.flops import format_flops, remeasure_cpu_peak
-from kiln.train.loss import loss_terms
+from kiln.train.loss import chunked_loss_terms, loss_terms
 
 log = logging.getLogger("kiln.train")
 
@@ -76,6 +76,7 @@ class Trainer:
         self.rollback_handler = None  # (trainer, reason, before_step) -> (restored step, discarded folder)
         self._rollback: tuple[str, int | None] | None = None
         self.autocast_dtype = torch.bfloat16 if cfg.trainer.precision == "bf16" else None  # None: FSDP casts
+        self.loss_chunk = 0  # rows per block of the chunked loss, 0 = whole logits (kiln.train.loss.loss_chunk_rows)
 
     @property
     def total(self) -> int:
@@ -154,7 +155,8 @@ class Trainer:
 
     def forward_loss(self, batch, n_targets: int, n_rows: int) -> tuple[Tensor, Tensor, Tensor]:
         """(cross-entropy, z-loss, auxiliary loss) of one micro-batch, each its share of the step's mean. The
-        auxiliary term is a VLM's object loss (kiln.vlm.model), a mean over rows, when the batch has its labels."""
+        auxiliary term is a VLM's object loss (kiln.vlm.model), a mean over rows, when the batch has its labels.
+        With `loss_chunk`, the model hands its final states to the chunked loss instead of returning logits."""
         input_ids = batch.input_ids.to(self.device, non_blocking=True)
         labels = batch.labels.to(self.device, non_blocking=True)
         inputs = {}
@@ -164,10 +166,14 @@ class Trainer:
             inputs["images"] = batch.images.to(self.device, non_blocking=True)
         if getattr(batch, "object_labels", None) is not None:
             inputs["object_labels"] = batch.object_labels.to(self.device, non_blocking=True)
+        z_weight = self.cfg.trainer.z_loss
+        if self.loss_chunk:
+            inputs["head_fn"] = lambda hidden, weight: chunked_loss_terms(hidden, weight, labels, n_targets,
+                                                                          z_weight, self.loss_chunk)
         with self.autocast():
             out = self.model(input_ids, **inputs)
-        logits, aux = out if isinstance(out, tuple) else (out, None)
-        ce, z = loss_terms(logits, labels, n_targets, self.cfg.trainer.z_loss)
+        head, aux = out if "object_labels" in inputs else (out, None)
+        ce, z = head[:2] if self.loss_chunk else loss_terms(head, labels, n_targets, z_weight)
         aux = ce.new_zeros(()) if aux is None else aux.float() * (input_ids.shape[0] / n_rows)
         return ce, z, aux
 

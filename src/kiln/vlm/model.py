@@ -11,8 +11,10 @@ auxiliary object loss standing in for CLIP's pretraining, and pooling (a plain m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -160,12 +162,17 @@ class VLM(nn.Module):
         return self.connector(self.vision(images))
 
     def forward(self, input_ids: Tensor, *, images: Tensor, object_labels: Tensor | None = None,
-                **kwargs) -> Tensor | tuple[Tensor, Tensor]:
-        """Logits of the text positions; with `object_labels` (training), also the ViT's object loss."""
+                head_fn: Callable[[Tensor, Tensor], Any] | None = None, **kwargs) -> Any:
+        """Logits of the text positions, or `head_fn` of their hidden states (kiln.model.transformer); with
+        `object_labels` (training), also the ViT's object loss."""
         patches = self.vision(images)
         prefix = self.connector(patches)
-        logits = self.text(input_ids, prefix=prefix, **kwargs)
-        logits = logits if kwargs.get("last_only") else logits[:, prefix.shape[1]:]
+        P = prefix.shape[1]
+        if head_fn is not None:
+            logits = self.text(input_ids, prefix=prefix, head_fn=lambda x, w: head_fn(x[:, P:], w), **kwargs)
+        else:
+            logits = self.text(input_ids, prefix=prefix, **kwargs)
+            logits = logits if kwargs.get("last_only") else logits[:, P:]
         if object_labels is None or self.objects is None:
             return logits
         return logits, self.objects(patches, object_labels)
