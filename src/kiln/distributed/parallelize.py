@@ -40,19 +40,16 @@ def resolve_strategy(strategy: str, ranks: int) -> str:
     return strategy
 
 
-def parallelize(model: Transformer, strategy: str, device: torch.device, precision: str, cfg: DistributedConfig,
-                compile_blocks: bool = False) -> nn.Module:
+def parallelize(model: Transformer, strategy: str, device: torch.device, precision: str,
+                cfg: DistributedConfig) -> nn.Module:
     """Wrap `model` for data parallelism; returns the module to call (DDP's wrapper, or the model sharded in place).
 
     With FSDP and bf16, parameters are gathered and computed in bf16 while gradients are reduced in fp32 and the
-    optimizer keeps fp32 shards, so no autocast is needed. Blocks are compiled one by one before sharding, as
-    FSDP's hooks between blocks would break a whole-model graph.
+    optimizer keeps fp32 shards, so no autocast is needed. Blocks compiled one by one (kiln.train.wrapping) are
+    sharded as they are: FSDP's hooks sit between their graphs.
     """
     if strategy == "none":
         return model
-    if compile_blocks:
-        for block in model.blocks:
-            block.compile()
     if strategy == "ddp":
         device_ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)

@@ -82,6 +82,8 @@ def rope_tables(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor,
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate each pair (x_i, x_{i+D/2}) of (B, T, heads, D) by its angle (halves layout: GPT-NeoX, HF), in fp32."""
     x1, x2 = x.float().chunk(2, dim=-1)
+    if torch.compiler.is_compiling():  # the compiler fuses the plain form; writes into `out=` break its graph
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
     out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     out1, out2 = out.chunk(2, dim=-1)
     torch.mul(x1, cos, out=out1).addcmul_(x2, sin, value=-1)  # x1 cos - x2 sin

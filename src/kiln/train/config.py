@@ -81,8 +81,10 @@ class TrainerConfig:
     z_loss: float = 1e-5  # weight of the squared log-partition loss that keeps logits small (OLMo 2, Chameleon)
     loss_chunk: int | None = None  # rows of logits per block of the output projection + loss; 0 = whole logits;
     # null = blocks of 1024 rows from a 32k vocabulary up (kiln.train.loss.loss_chunk_rows)
-    compile: bool = False  # torch.compile the model (each block under FSDP)
-    activation_checkpointing: bool = False  # recompute activations in backward, trading compute for memory
+    compile: bool = False  # torch.compile each transformer block (regional compilation)
+    activation_checkpointing: bool = False  # recompute blocks' activations in backward, trading compute for memory
+    ac_every: int = 1  # with activation_checkpointing: recompute every k-th block only (1 = all)
+    ac_budget: float | None = None  # with compile: share of activation memory kept, the compiler recomputing the rest
     peak_flops: float | None = None  # per device, for MFU; measured on CPU when unset
     log_every: int = 10  # steps between progress lines when there is no live bar
     threads: int | None = None  # torch intra-op threads on CPU; default all cores
@@ -91,6 +93,13 @@ class TrainerConfig:
         require_positive(self, "trainer", "steps", "micro_batch_size", "grad_accum", "log_every", "peak_flops",
                          "threads")
         require_non_negative(self, "trainer", "z_loss", "loss_chunk")
+        require_positive(self, "trainer", "ac_every")
+        if self.ac_budget is not None:
+            require(0 <= self.ac_budget <= 1, "trainer.ac_budget", self.ac_budget, "in [0, 1]")
+            require(self.compile, "trainer.ac_budget", self.ac_budget,
+                    "used with trainer.compile=true (the compiler chooses what to recompute)")
+            require(not self.activation_checkpointing, "trainer.ac_budget", self.ac_budget,
+                    "used without trainer.activation_checkpointing (the budget replaces it)")
 
 
 @dataclass

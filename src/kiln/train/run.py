@@ -30,6 +30,7 @@ from kiln.train.config_changes import record_config
 from kiln.train.flops import peak_flops
 from kiln.train.loss import loss_chunk_rows
 from kiln.train.trainer import NonFiniteLoss, Trainer
+from kiln.train.wrapping import apply_activation_checkpointing, compile_blocks, set_activation_memory_budget
 
 log = logging.getLogger("kiln.train")
 
@@ -120,11 +121,14 @@ class Run:
 
 
 def build_model(cfg: TrainConfig, model_cfg: ModelConfig, device: torch.device) -> Transformer:
+    """The model on `device` with the trainer's activation checkpointing and per-block compilation applied."""
+    tc = cfg.trainer
     model = Transformer(model_cfg).to(device)
-    if cfg.trainer.activation_checkpointing:
-        from kiln.train.wrapping import apply_activation_checkpointing
-
-        apply_activation_checkpointing(model)
+    if tc.activation_checkpointing:
+        apply_activation_checkpointing(model, tc.ac_every)
+    if tc.compile:
+        set_activation_memory_budget(1.0 if tc.ac_budget is None else tc.ac_budget)
+        compile_blocks(model)
     return model
 
 
@@ -175,8 +179,7 @@ def build_run(cfg: TrainConfig, resume: bool | None = None) -> Run:
     tokenizer = datasets[0].tokenizer
     model_cfg = build_model_config(cfg, datasets[0].vocab_size)
     model = build_model(cfg, model_cfg, device)
-    wrapped = distributed.parallelize(model, strategy, device, tc.precision, cfg.distributed,
-                                      compile_blocks=tc.compile and strategy != "none")
+    wrapped = distributed.parallelize(model, strategy, device, tc.precision, cfg.distributed)
     optimizer = build_adamw(model, cfg.optim)
     train_loader, val_loader = build_loaders(cfg, datasets, distributed.rank(), world_size)
     callbacks, checkpointer = build_callbacks(cfg, run_dir, tokenizer, model_cfg, train_loader, val_loader)
@@ -191,8 +194,6 @@ def build_run(cfg: TrainConfig, resume: bool | None = None) -> Run:
         trainer.rollback_handler = Rollbacks(run_dir, cfg.stability.rollback_lr_factor, cfg.stability.max_rollbacks)
     resumed_from = maybe_resume(cfg, resume, model_cfg, tokenizer, trainer, train_loader, model,
                                 checkpointer.stateful)
-    if tc.compile and strategy == "none":
-        trainer.model = torch.compile(model)
     run = Run(cfg, run_dir, model, trainer, train_loader, checkpointer, resumed_from)
     if not run.complete and distributed.is_rank0():
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,17 +1,45 @@
-"""Wrappers applied to a built model from the outside: activation checkpointing (recompute in backward)."""
+"""Wrappers applied to a built model from the outside: activation checkpointing and regional compilation.
+
+Both act on each transformer block, in the order torchtitan applies them (checkpointing, then compile, then
+FSDP's sharding in `kiln.distributed`), and leave parameter names (and so checkpoints) unchanged.
+"""
 
 from __future__ import annotations
 
 import functools
 
+import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
-def apply_activation_checkpointing(model: nn.Module) -> None:
-    """Recompute each transformer block in the backward pass, trading compute for activation memory.
+def apply_activation_checkpointing(model: nn.Module, every: int = 1) -> list[int]:
+    """Recompute every `every`-th block (0, k, 2k, ...) in the backward pass, trading compute for activation
+    memory (torchtitan's selective per-layer mode; 1 = every block). Returns the indices of those blocks.
 
     The block's forward is replaced on the instance, so parameter names (and checkpoints) are unchanged.
     """
-    for block in model.blocks:
+    if every < 1:
+        raise ValueError(f"every must be 1 or more blocks, got {every}")
+    chosen = list(range(0, len(model.blocks), every))
+    for i in chosen:
+        block = model.blocks[i]
         block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+    return chosen
+
+
+def compile_blocks(model: nn.Module) -> None:
+    """torch.compile each transformer block on its own (regional compilation, as torchtitan does): the blocks
+    share one compiled graph, so compile time does not grow with depth, and FSDP's hooks between blocks need no
+    whole-model graph."""
+    for block in model.blocks:
+        block.compile()
+
+
+def set_activation_memory_budget(budget: float) -> None:
+    """Let the compiler choose which activations of each compiled block to recompute, keeping about `budget`
+    (0-1) of what it would save without recomputation (torch's activation memory budget, as OLMo-core's
+    "budget" mode). It takes effect only on compiled code."""
+    if not 0 <= budget <= 1:
+        raise ValueError(f"budget must be in [0, 1], got {budget}")
+    torch._functorch.config.activation_memory_budget = budget
