@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--strategy", choices=["fsdp", "hsdp", "ddp"], default="fsdp")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile of blocks")
     parser.add_argument("--activation-checkpointing", action="store_true", help="recompute blocks in backward")
+    parser.add_argument("--loss-chunk", default="auto",
+                        help="rows per block of the chunked loss; 0 = whole logits; auto = kiln's default")
     parser.add_argument("--no-reshard", dest="reshard", action="store_false",
                         help="keep gathered weights from forward to backward (more memory, less communication)")
     args = parser.parse_args()
@@ -44,8 +46,8 @@ def main() -> None:
         "model": {"preset": args.preset, "vocab_size": OLMO2_VOCAB},
         "data": {"seq_len": args.seq_len, "val_fraction": 0.01, "repeat_filter": False},
         "trainer": {"device": args.device, "precision": args.precision, "micro_batch_size": args.micro_batch,
-                    "compile": args.compile,
-                    "activation_checkpointing": args.activation_checkpointing},
+                    "compile": args.compile, "activation_checkpointing": args.activation_checkpointing,
+                    "loss_chunk": None if args.loss_chunk == "auto" else int(args.loss_chunk)},
         "distributed": {"strategy": args.strategy, "reshard_after_forward": args.reshard},
     })
     result = time_training(cfg, args.steps, args.warmup)

@@ -3,6 +3,7 @@ the evaluator's pointing and counting scores at every evaluation step."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from PIL import Image
 from kiln.cli import main
 from kiln.vlm.batches import write_tokenizer
 from kiln.vlm.synth import SynthConfig, load_split, write_dataset
+from kiln.vlm.train import build_vlm_run, load_vlm_config
 
 TINY = ["--model.n_layers=1", "--model.d_model=32", "--model.n_heads=2", "--model.d_ff=64", "--vision.image_size=48",
         "--vision.d_model=16", "--vision.n_layers=1", "--vision.n_heads=2", "--trainer.micro_batch_size=4",
@@ -70,9 +72,11 @@ def test_the_object_loss_is_logged_and_the_same_under_gradient_accumulation(data
 
 
 def test_the_chunked_loss_scores_the_answers_alone_as_whole_logits_do(data, tmp_path):
-    """The decoder hands the chunked loss the text positions only, not the image tokens before them."""
+    """The decoder hands the chunked loss the text positions only, not the image tokens before them; activation
+    checkpointing of the decoder's blocks changes nothing either."""
     assert _train(data, tmp_path / "whole", 3, "--trainer.loss_chunk=0") == 0
-    assert _train(data, tmp_path / "chunked", 3, "--trainer.loss_chunk=5") == 0
+    assert _train(data, tmp_path / "chunked", 3, "--trainer.loss_chunk=5",
+                  "--trainer.activation_checkpointing=true") == 0
     for a, b in zip(_metrics(tmp_path / "whole"), _metrics(tmp_path / "chunked"), strict=True):
         for key in ("loss", "z_loss", "object_loss", "grad_norm"):
             assert b[key] == pytest.approx(a[key], rel=1e-5), key
@@ -108,3 +112,11 @@ def test_eval_writes_scores_answers_and_a_gallery_and_point_draws(data, tmp_path
 def test_a_missing_dataset_says_how_to_make_one(tmp_path, capsys):
     assert main(["vlm", "train", f"--data.paths=[{tmp_path / 'nope'}]", f"--trainer.run_dir={tmp_path / 'r'}"]) == 2
     assert "kiln vlm data --out" in capsys.readouterr().err
+
+
+def test_activation_checkpointing_reaches_the_decoder_blocks(data, tmp_path):
+    cfg = load_vlm_config(None, [f"--data.paths=[{data}]", f"--trainer.run_dir={tmp_path}", *TINY,
+                                 "--model.n_layers=2", "--trainer.activation_checkpointing=true",
+                                 "--trainer.ac_every=2"])
+    blocks = build_vlm_run(cfg).model.text.blocks
+    assert [isinstance(b.forward, functools.partial) for b in blocks] == [True, False]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from torch import nn
 
 from kiln import distributed
 from kiln.data.baseline import unigram_cross_entropy
@@ -25,7 +26,7 @@ from kiln.stability.monitor import StabilityMonitor
 from kiln.stability.rollback import Rollbacks, carry_rollback_state, finish_interrupted_rollback
 from kiln.train import callbacks as cbs
 from kiln.train.checkpointing import check_same_shape, list_step_dirs, load_checkpoint
-from kiln.train.config import TrainConfig
+from kiln.train.config import TrainConfig, TrainerConfig
 from kiln.train.config_changes import record_config
 from kiln.train.flops import peak_flops
 from kiln.train.loss import loss_chunk_rows
@@ -122,14 +123,19 @@ class Run:
 
 def build_model(cfg: TrainConfig, model_cfg: ModelConfig, device: torch.device) -> Transformer:
     """The model on `device` with the trainer's activation checkpointing and per-block compilation applied."""
-    tc = cfg.trainer
     model = Transformer(model_cfg).to(device)
+    wrap_blocks(model, cfg.trainer)
+    return model
+
+
+def wrap_blocks(model: nn.Module, tc: TrainerConfig) -> None:
+    """Apply `trainer.activation_checkpointing` (every `ac_every`-th block) and `trainer.compile` (each block, under
+    `ac_budget`) to a decoder's blocks."""
     if tc.activation_checkpointing:
         apply_activation_checkpointing(model, tc.ac_every)
     if tc.compile:
         set_activation_memory_budget(1.0 if tc.ac_budget is None else tc.ac_budget)
         compile_blocks(model)
-    return model
 
 
 def build_callbacks(cfg: TrainConfig, run_dir: Path, tokenizer, model_cfg: ModelConfig, train_loader: InstanceLoader,

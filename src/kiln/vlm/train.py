@@ -23,7 +23,7 @@ from kiln.optim.adamw import build_adamw
 from kiln.train import callbacks as cbs
 from kiln.train.config import TrainConfig, load_config
 from kiln.train.loss import loss_chunk_rows
-from kiln.train.run import Run, build_model_config, fit_run, maybe_resume, pick_device
+from kiln.train.run import Run, build_model_config, fit_run, maybe_resume, pick_device, wrap_blocks
 from kiln.train.trainer import Callback, Trainer
 from kiln.vlm.batches import TOKENIZER_FILE, VLMLoader, load_dataset_tokenizer
 from kiln.vlm.evaluate import answer_records, score
@@ -129,6 +129,7 @@ def build_vlm_run(cfg: VLMTrainConfig, resume: bool | None = None) -> Run:
     tok = load_dataset_tokenizer(data_dir)
     model_cfg = VLMConfig(cfg.vision, build_model_config(cfg, vocab_size(tok)))
     model = VLM(model_cfg).to(device)
+    wrap_blocks(model.text, tc)  # checkpointing and compilation reach the decoder; the ViT is small
     optimizer = build_adamw(model, cfg.optim)
     object_grid = cfg.vision.grid if cfg.vision.object_loss else 0
     train_loader = VLMLoader(data_dir, load_split(data_dir, "train"), tok, tc.micro_batch_size, tc.seed,
