@@ -5,7 +5,8 @@ loss, backward, gradient clipping at 1.0 and AdamW (torch's, the same for all th
 systems alternate step by step in one process (the order flips every round), so drifts in machine speed hit all
 alike; after `--warmup` rounds we report the median tokens/s of `--steps` rounds and the median of Kiln's per-round
 ratios. Each system computes its loss its own way: Kiln as its trainer does (cross-entropy + z-loss 1e-5, from
-whole logits or a block of rows at a time, `kiln.train.loss.loss_chunk_rows`), OLMo-core through its LM head
+whole logits or a block of rows at a time, `kiln.train.loss.loss_chunk_rows`; `kiln-whole` always from whole
+logits, Kiln before `trainer.loss_chunk`), OLMo-core through its LM head
 (cross-entropy + z-loss 1e-5), Hugging Face from its fp32 logits (cross-entropy). Peak memory is measured apart,
 per system, as the peak RSS (VmHWM) of a fresh process running two steps (CPU), or `torch.cuda.max_memory_allocated`.
 OLMo-core (`pip install ai2-olmo-core`) is skipped when it is not installed.
@@ -84,8 +85,8 @@ def olmo_core_model(s: Shape) -> nn.Module:
     return model
 
 
-def kiln_loss(model: nn.Module, s: Shape) -> Callable[[Tensor, Tensor], Tensor]:
-    chunk = loss_chunk_rows(None, model.cfg.padded_vocab_size)
+def kiln_loss(model: nn.Module, s: Shape, setting: int | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+    chunk = loss_chunk_rows(setting, model.cfg.padded_vocab_size)
 
     def loss(ids: Tensor, labels: Tensor) -> Tensor:
         n = labels.numel()
@@ -103,7 +104,12 @@ def olmo_core_loss(model: nn.Module, s: Shape) -> Callable[[Tensor, Tensor], Ten
     return lambda ids, labels: model(ids, labels=labels, z_loss_multiplier=Z_LOSS).loss
 
 
-SYSTEMS = {"kiln": (kiln_model, kiln_loss), "hf": (hf_model, hf_loss), "olmo-core": (olmo_core_model, olmo_core_loss)}
+def kiln_whole_logits_loss(model: nn.Module, s: Shape) -> Callable[[Tensor, Tensor], Tensor]:
+    return kiln_loss(model, s, setting=0)
+
+
+SYSTEMS = {"kiln": (kiln_model, kiln_loss), "kiln-whole": (kiln_model, kiln_whole_logits_loss),
+           "hf": (hf_model, hf_loss), "olmo-core": (olmo_core_model, olmo_core_loss)}
 
 
 def available(names: list[str]) -> list[str]:
