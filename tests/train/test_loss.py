@@ -78,3 +78,19 @@ def test_without_gradients_the_forward_computes_none(monkeypatch):
         ce, z, _ = chunked_loss_terms(hidden, weight, labels, 11, 1e-4, chunk=4)
     assert not ce.requires_grad and calls == []
     assert torch.allclose(ce, loss_terms(hidden.detach() @ weight.detach().t(), labels, 11, 1e-4)[0])
+
+
+def test_under_bf16_autocast_the_chunked_loss_tracks_the_autocast_linear_and_keeps_fp32_gradients():
+    hidden, weight, labels = _inputs(dtype=torch.float32, B=2, T=16, C=32, V=97)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ce, z = loss_terms(torch.nn.functional.linear(hidden, weight), labels, 29, 1e-4)
+    (ce + z).backward()
+    expected = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ce_c, z_c, _ = chunked_loss_terms(hidden, weight, labels, 29, 1e-4, chunk=5)
+    (ce_c + z_c).backward()
+    assert hidden.grad.dtype == weight.grad.dtype == torch.float32
+    assert torch.allclose(ce_c, ce, rtol=1e-3)
+    torch.testing.assert_close(hidden.grad, expected[0], rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(weight.grad, expected[1], rtol=2e-2, atol=2e-3)

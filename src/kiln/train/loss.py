@@ -120,9 +120,15 @@ def _empty_grads(hidden: Tensor, weight: Tensor, wide: torch.dtype) -> tuple[Ten
 
 def _add_block_grads(grads: tuple[Tensor, Tensor], grad: Tensor, hidden: Tensor, weight: Tensor,
                      rows: slice) -> None:
-    """Backpropagate one block's logit gradient through `hidden[rows] @ weight.T` into the buffers."""
-    grads[0][rows] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
-    grads[1].addmm_(grad.t(), _wide(hidden[rows]))
+    """Backpropagate one block's logit gradient through `hidden[rows] @ weight.T` into the buffers. Half-precision
+    inputs (autocast's) multiply in their precision, as autocast's backward of a linear layer does, and only the sum
+    over blocks is kept in fp32."""
+    low = grad.to(weight.dtype)
+    grads[0][rows] = (low @ weight).to(hidden.dtype)
+    if weight.dtype == grads[1].dtype:
+        grads[1].addmm_(grad.t(), _wide(hidden[rows]))
+    else:
+        grads[1].add_(low.t() @ hidden[rows].to(weight.dtype))
 
 
 def loss_terms(logits: Tensor, labels: Tensor, n_targets: int, z_weight: float) -> tuple[Tensor, Tensor]:
@@ -145,6 +151,10 @@ def chunked_loss_terms(hidden: Tensor, weight: Tensor, labels: Tensor, n_targets
     if chunk < 1:
         raise ValueError(f"chunk must be 1 or more rows, got {chunk}")
     want_grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):  # cast as autocast casts a linear layer's inputs
+        low = torch.get_autocast_dtype(device)
+        hidden, weight = hidden.to(low), weight.to(low)
     return ChunkedLoss(*_ChunkedLinearCrossEntropyZLoss.apply(hidden.flatten(0, 1), weight, labels.flatten(),
                                                                n_targets, z_weight, chunk, want_grads))
 
