@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -51,7 +52,7 @@ class Shape:
 
 SHAPES = {
     "a": Shape(512, 8, 8, 8, 1536, 32_000, 512, 4),
-    "b": Shape(768, 12, 8, 2, 2048, 100_352, 1024, 2),  # grouped-query attention, OLMo 2's vocabulary
+    "b": Shape(768, 12, 8, 2, 2048, 100_352, 1024, 1),  # grouped-query attention, OLMo 2's vocabulary
     "c": Shape(768, 12, 12, 12, 3072, 100_352, 2048, 1, ff_multiplier=1.5),  # OLMo-core's olmo2_190M
     "tiny": Shape(64, 2, 4, 2, 256, 1024, 32, 2),  # seconds: to try the script
 }
@@ -174,25 +175,30 @@ def time_shape(s: Shape, names: list[str], bf16: bool, steps: int, warmup: int, 
     return out
 
 
-def peak_memory_mib(shape: str, name: str, bf16: bool, device: str) -> float:
+def peak_memory_mib(shape: str, name: str, bf16: bool, device: str, batch_size: int | None = None) -> float:
     """Peak memory of two steps of one system, in a fresh process (CPU RSS cannot be told apart in one)."""
-    code = (f"import benchmarks.bench_vs_peers as b; print(b.measure_one({shape!r}, {name!r}, {bf16}, {device!r}))")
+    code = (f"import benchmarks.bench_vs_peers as b; "
+            f"print(b.measure_one({shape!r}, {name!r}, {bf16}, {device!r}, {batch_size!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"memory run of {name} at shape {shape} failed:\n{out.stderr[-2000:]}")
     return float(out.stdout.split()[-1])
 
 
-def measure_one(shape: str, name: str, bf16: bool, device: str) -> float:
+def measure_one(shape: str, name: str, bf16: bool, device: str, batch_size: int | None = None) -> float:
     from benchmarks.bench_loss_chunk import vm_hwm_kib
 
-    s = SHAPES[shape]
+    s = with_batch(SHAPES[shape], batch_size)
     step, _ = make_step(name, s, bf16, device)
     for _ in range(2):
         step(batch(s, device))
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return vm_hwm_kib() / 1024
+
+
+def with_batch(s: Shape, batch_size: int | None) -> Shape:
+    return s if batch_size is None else dataclasses.replace(s, batch=batch_size)
 
 
 def main() -> None:
@@ -204,26 +210,29 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     parser.add_argument("--no-memory", action="store_true", help="skip the per-system peak memory runs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, help="sequences per step, instead of each shape's own")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     names = available(["kiln", *[n for n in args.systems if n != "kiln"]])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}; median of {args.steps} "
           f"rounds after {args.warmup}", flush=True)
-    print("| shape | precision | params | " + " | ".join(f"{n} tok/s" for n in names)
+    print("| shape (batch x seq) | precision | params | " + " | ".join(f"{n} tok/s" for n in names)
           + " | " + " | ".join(f"kiln vs {n}" for n in names[1:]) + " | peak MiB (" + ", ".join(names) + ") |")
     print("|---" * (3 + 2 * len(names)) + "|---|")
     results = []
     for precision in args.precision:
         for key in args.shapes:
             bf16 = precision == "bf16"
-            r = time_shape(SHAPES[key], names, bf16, args.steps, args.warmup, args.device)
-            r["memory_mib"] = {} if args.no_memory else {n: peak_memory_mib(key, n, bf16, args.device)
+            shape = with_batch(SHAPES[key], args.batch)
+            r = time_shape(shape, names, bf16, args.steps, args.warmup, args.device)
+            r["memory_mib"] = {} if args.no_memory else {n: peak_memory_mib(key, n, bf16, args.device, args.batch)
                                                           for n in names}
-            results.append({"shape": key, **asdict(SHAPES[key]), "precision": precision, **r})
+            results.append({"shape": key, **asdict(shape), "precision": precision, **r})
             speeds = " | ".join(f"{r['tokens_per_s'][n]:.0f}" for n in names)
             ratios = " | ".join(f"{r['kiln_ratio'][n]:.2f}x" for n in names[1:])
             memory = ", ".join(f"{r['memory_mib'][n]:.0f}" for n in names) if r["memory_mib"] else "-"
-            print(f"| {key} | {precision} | {r['params'] / 1e6:.1f}M | {speeds} | {ratios} | {memory} |", flush=True)
+            print(f"| {key} ({shape.batch} x {shape.seq}) | {precision} | {r['params'] / 1e6:.1f}M | {speeds} "
+                  f"| {ratios} | {memory} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -2,6 +2,8 @@ import copy
 import errno
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -255,6 +257,13 @@ def test_activation_checkpointing_recomputes_the_chosen_blocks_and_gives_the_sam
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_the_memory_budget_is_set_in_a_fresh_process():
+    """`import torch` does not load the compiler's config module; a run's first act must not assume it."""
+    code = ("from kiln.train.wrapping import set_activation_memory_budget as s; s(0.25); "
+            "import torch._functorch.config as c; assert c.activation_memory_budget == 0.25")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 
-import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -40,6 +39,8 @@ def set_activation_memory_budget(budget: float) -> None:
     """Let the compiler choose which activations of each compiled block to recompute, keeping about `budget`
     (0-1) of what it would save without recomputation (torch's activation memory budget, as OLMo-core's
     "budget" mode). It takes effect only on compiled code."""
+    import torch._functorch.config as functorch_config  # not loaded by `import torch`
+
     if not 0 <= budget <= 1:
         raise ValueError(f"budget must be in [0, 1], got {budget}")
-    torch._functorch.config.activation_memory_budget = budget
+    functorch_config.activation_memory_budget = budget
