@@ -87,7 +87,7 @@ def olmo_core_model(s: Shape) -> nn.Module:
 
 
 def kiln_loss(model: nn.Module, s: Shape, setting: int | None = None) -> Callable[[Tensor, Tensor], Tensor]:
-    chunk = loss_chunk_rows(setting, model.cfg.padded_vocab_size)
+    chunk = loss_chunk_rows(setting, model.cfg.padded_vocab_size, s.batch * s.seq)
 
     def loss(ids: Tensor, labels: Tensor) -> Tensor:
         n = labels.numel()

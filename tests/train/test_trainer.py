@@ -322,9 +322,11 @@ def test_the_chunked_loss_step_equals_the_whole_logits_step_in_float64():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
 
 
-def test_the_loss_is_chunked_by_default_only_at_a_large_vocabulary():
-    assert loss_chunk_rows(None, 100_352) == AUTO_CHUNK_ROWS and loss_chunk_rows(None, 8192) == 0
-    assert loss_chunk_rows(0, 100_352) == 0 and loss_chunk_rows(64, 8192) == 64
+def test_the_loss_is_chunked_by_default_only_at_a_large_vocabulary_and_more_rows_than_a_block():
+    rows = 4 * AUTO_CHUNK_ROWS
+    assert loss_chunk_rows(None, 100_352, rows) == AUTO_CHUNK_ROWS and loss_chunk_rows(None, 8192, rows) == 0
+    assert loss_chunk_rows(None, 100_352, AUTO_CHUNK_ROWS) == 0  # one block would save nothing
+    assert loss_chunk_rows(0, 100_352, rows) == 0 and loss_chunk_rows(64, 8192, 10) == 64
 
 
 def test_loss_gradients_equal_autograd_of_the_plain_formula():

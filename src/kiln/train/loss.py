@@ -159,9 +159,10 @@ def chunked_loss_terms(hidden: Tensor, weight: Tensor, labels: Tensor, n_targets
                                                                n_targets, z_weight, chunk, want_grads))
 
 
-def loss_chunk_rows(setting: int | None, padded_vocab: int) -> int:
+def loss_chunk_rows(setting: int | None, padded_vocab: int, rows: int) -> int:
     """Rows per block of the chunked loss, 0 for whole logits: `setting` when given, else blocks of
-    AUTO_CHUNK_ROWS from AUTO_CHUNK_VOCAB up, where the logits dominate a step's memory."""
+    AUTO_CHUNK_ROWS from AUTO_CHUNK_VOCAB up, where the logits dominate a step's memory, when a micro-batch's
+    `rows` (batch x sequence) make more than one block: a single block saves nothing and costs a little."""
     if setting is not None:
         return setting
-    return AUTO_CHUNK_ROWS if padded_vocab >= AUTO_CHUNK_VOCAB else 0
+    return AUTO_CHUNK_ROWS if padded_vocab >= AUTO_CHUNK_VOCAB and rows > AUTO_CHUNK_ROWS else 0

@@ -193,7 +193,8 @@ def build_run(cfg: TrainConfig, resume: bool | None = None) -> Run:
     trainer = Trainer(cfg, wrapped, optimizer, iter(train_loader), device, callbacks,
                       flops_per_token(model_cfg, cfg.data.seq_len), peak.value, world_size)
     trainer.peak_source = peak.source
-    trainer.loss_chunk = loss_chunk_rows(tc.loss_chunk, model_cfg.padded_vocab_size)
+    trainer.loss_chunk = loss_chunk_rows(tc.loss_chunk, model_cfg.padded_vocab_size,
+                                         tc.micro_batch_size * cfg.data.seq_len)
     if strategy in ("fsdp", "hsdp"):
         trainer.autocast_dtype = None  # FSDP's mixed-precision policy already computes in bf16
     if cfg.stability.rollback:
