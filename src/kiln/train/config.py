@@ -79,8 +79,7 @@ class TrainerConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = bf16 autocast (FSDP: bf16 compute), fp32 weights
     z_loss: float = 1e-5  # weight of the squared log-partition loss that keeps logits small (OLMo 2, Chameleon)
-    loss_chunk: int | None = None  # rows of logits per block of the output projection + loss; 0 = whole logits;
-    # null = 1024-row blocks from a 32k vocabulary and more than 1024 rows a micro-batch (kiln.train.loss)
+    loss_chunk: int | None = None  # rows per block of the chunked head + loss; 0 = whole logits; null = auto
     compile: bool = False  # torch.compile each transformer block (regional compilation)
     activation_checkpointing: bool = False  # recompute blocks' activations in backward, trading compute for memory
     ac_every: int = 1  # with activation_checkpointing: recompute every k-th block only (1 = all)
