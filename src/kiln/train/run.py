@@ -138,6 +138,11 @@ def wrap_blocks(model: nn.Module, tc: TrainerConfig) -> None:
         compile_blocks(model)
 
 
+def resolve_loss_chunk(cfg: TrainConfig, padded_vocab: int) -> int:
+    """`trainer.loss_chunk` for a micro-batch of this config's rows (kiln.train.loss.loss_chunk_rows)."""
+    return loss_chunk_rows(cfg.trainer.loss_chunk, padded_vocab, cfg.trainer.micro_batch_size * cfg.data.seq_len)
+
+
 def build_callbacks(cfg: TrainConfig, run_dir: Path, tokenizer, model_cfg: ModelConfig, train_loader: InstanceLoader,
                     val_loader: InstanceLoader | None) -> tuple[list, cbs.Checkpointer]:
     """The callbacks in the order the trainer calls them; rank 0 alone writes metrics and draws progress."""
@@ -193,8 +198,7 @@ def build_run(cfg: TrainConfig, resume: bool | None = None) -> Run:
     trainer = Trainer(cfg, wrapped, optimizer, iter(train_loader), device, callbacks,
                       flops_per_token(model_cfg, cfg.data.seq_len), peak.value, world_size)
     trainer.peak_source = peak.source
-    trainer.loss_chunk = loss_chunk_rows(tc.loss_chunk, model_cfg.padded_vocab_size,
-                                         tc.micro_batch_size * cfg.data.seq_len)
+    trainer.loss_chunk = resolve_loss_chunk(cfg, model_cfg.padded_vocab_size)
     if strategy in ("fsdp", "hsdp"):
         trainer.autocast_dtype = None  # FSDP's mixed-precision policy already computes in bf16
     if cfg.stability.rollback:

@@ -12,19 +12,16 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
-def apply_activation_checkpointing(model: nn.Module, every: int = 1) -> list[int]:
+def apply_activation_checkpointing(model: nn.Module, every: int = 1) -> None:
     """Recompute every `every`-th block (0, k, 2k, ...) in the backward pass, trading compute for activation
-    memory (torchtitan's selective per-layer mode; 1 = every block). Returns the indices of those blocks.
+    memory (torchtitan's selective per-layer mode; 1 = every block).
 
     The block's forward is replaced on the instance, so parameter names (and checkpoints) are unchanged.
     """
     if every < 1:
         raise ValueError(f"every must be 1 or more blocks, got {every}")
-    chosen = list(range(0, len(model.blocks), every))
-    for i in chosen:
-        block = model.blocks[i]
+    for block in list(model.blocks)[::every]:
         block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
-    return chosen
 
 
 def compile_blocks(model: nn.Module) -> None:

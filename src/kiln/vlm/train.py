@@ -22,8 +22,15 @@ from kiln.model.config import flops_per_token
 from kiln.optim.adamw import build_adamw
 from kiln.train import callbacks as cbs
 from kiln.train.config import TrainConfig, load_config
-from kiln.train.loss import loss_chunk_rows
-from kiln.train.run import Run, build_model_config, fit_run, maybe_resume, pick_device, wrap_blocks
+from kiln.train.run import (
+    Run,
+    build_model_config,
+    fit_run,
+    maybe_resume,
+    pick_device,
+    resolve_loss_chunk,
+    wrap_blocks,
+)
 from kiln.train.trainer import Callback, Trainer
 from kiln.vlm.batches import TOKENIZER_FILE, VLMLoader, load_dataset_tokenizer
 from kiln.vlm.evaluate import answer_records, score
@@ -145,8 +152,7 @@ def build_vlm_run(cfg: VLMTrainConfig, resume: bool | None = None) -> Run:
                  cbs.Progress(cfg.logging.progress, tc.log_every), checkpointer]
     trainer = Trainer(cfg, model, optimizer, iter(train_loader), device, callbacks,
                       flops_per_token(model_cfg.text, cfg.data.seq_len), None)
-    trainer.loss_chunk = loss_chunk_rows(tc.loss_chunk, model_cfg.text.padded_vocab_size,
-                                         tc.micro_batch_size * cfg.data.seq_len)
+    trainer.loss_chunk = resolve_loss_chunk(cfg, model_cfg.text.padded_vocab_size)
     resumed_from = maybe_resume(cfg, resume, model_cfg, tok, trainer, train_loader, model, checkpointer.stateful)
     run = Run(cfg, run_dir, model, trainer, train_loader, checkpointer, resumed_from)
     if not run.complete:
