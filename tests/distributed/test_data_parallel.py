@@ -54,7 +54,9 @@ def _assert_same_training(a: Path, b: Path) -> None:
     assert [m["step"] for m in ma] == [m["step"] for m in mb] == list(range(1, STEPS + 1))  # one line per step
     for x, y in zip(ma, mb, strict=True):
         assert x["tokens"] == y["tokens"]
-        for key in ("loss", "z_loss", "grad_norm", "val_loss"):
+        # the last validation pass reads the whole (small) held-out split, each rank its share
+        assert ("val_full_bpb" in x) == ("val_full_bpb" in y) == (x["step"] == STEPS)
+        for key in ("loss", "z_loss", "grad_norm", "val_loss", "val_full_loss", "val_full_bpb", "val_full_tokens"):
             assert (key in x) == (key in y)
             if key in x:
                 assert abs(x[key] - y[key]) < 1e-5, (x["step"], key, x[key], y[key])

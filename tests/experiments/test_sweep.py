@@ -252,8 +252,12 @@ def test_a_real_sweep_of_two_tiny_runs(tiny_dataset, tmp_path, capsys):
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert float(row["final_val_loss"]) == metrics[-1]["val_loss"]
         assert float(row["final_train_loss"]) == metrics[-1]["loss"]
+        assert float(row["held_out_bpb"]) == metrics[-1]["val_full_bpb"]  # the small split is read whole at the end
+        assert float(row["wall_s"]) > 0
         assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == float(row["optim.lr"])
     capsys.readouterr()
     assert main(argv) == 0
     assert "(2 already finished)" in capsys.readouterr().out
-    assert {r["status"] for r in read_csv(out / "summary.csv")} == {"done"}
+    again = read_csv(out / "summary.csv")
+    assert {r["status"] for r in again} == {"done"}
+    assert "wall_s" not in again[0] and [r["held_out_bpb"] for r in again] == [r["held_out_bpb"] for r in rows]

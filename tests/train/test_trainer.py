@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from kiln.data.loader import Batch
+from kiln.data.dataset import TokenDataset
+from kiln.data.loader import Batch, InstanceLoader
 from kiln.errors import KilnError
 from kiln.model import ModelConfig, Transformer
 from kiln.optim.adamw import OptimConfig, build_adamw
@@ -95,6 +96,42 @@ def test_training_reduces_validation_loss(tiny_dataset, tmp_path):
     val = [m["val_loss"] for m in map(json.loads, (tmp_path / "run/metrics.jsonl").read_text().splitlines())
            if "val_loss" in m]
     assert val[-1] < val[0] - 1.0
+
+
+def test_last_validation_reads_every_held_out_target_once(tiny_dataset, tmp_path):
+    """val_full_* are the loss and bits per byte of the whole held-out split, recomputed here target by target;
+    the periodic passes keep reading max_batches batches."""
+    run = train(tiny_config(tiny_dataset, tmp_path / "run", eval={"max_batches": 1, "full_at_end": True}))
+    evaluator = next(cb for cb in run.trainer.callbacks if isinstance(cb, Evaluator))
+    model = run.trainer.model.eval()
+    nats, text_nats, n_bytes, targets = 0.0, 0.0, 0.0, 0
+    with torch.no_grad():
+        for batch in evaluator.val_loader:  # one pass in a fixed order over every held-out instance
+            logits = model(batch.input_ids).double()
+            for row, labels in enumerate(batch.labels):
+                for t, label in enumerate(labels.tolist()):
+                    if label == -100:
+                        continue
+                    token_nats = (logits[row, t].logsumexp(0) - logits[row, t, label]).item()
+                    nats, targets = nats + token_nats, targets + 1
+                    if evaluator.token_bytes[label] > 0:
+                        text_nats, n_bytes = text_nats + token_nats, n_bytes + evaluator.token_bytes[label].item()
+    last = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()][-1]
+    assert last["val_full_tokens"] == targets > 4 * 32  # more than the one batch the periodic pass reads
+    assert last["val_full_loss"] == pytest.approx(nats / targets, rel=1e-5)
+    assert last["val_full_bpb"] == pytest.approx(text_nats / math.log(2) / n_bytes, rel=1e-5)
+    assert last["val_loss"] != pytest.approx(last["val_full_loss"], rel=1e-6)
+    earlier = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()][:-1]
+    assert not any("val_full_loss" in m for m in earlier) and any("val_loss" in m for m in earlier)
+
+
+def test_whole_split_at_end_by_default_only_when_small(tiny_dataset):
+    from kiln.train.run import FULL_SPLIT_AUTO_TOKENS, full_split_at_end
+
+    loader = InstanceLoader(TokenDataset.open(tiny_dataset), seq_len=32, batch_size=4, split="val", val_fraction=0.1)
+    assert full_split_at_end(None, loader) and not full_split_at_end(False, loader)
+    loader.instances_per_epoch = FULL_SPLIT_AUTO_TOKENS // 32 + 1
+    assert not full_split_at_end(None, loader) and full_split_at_end(True, loader)
 
 
 def test_same_seed_same_weights_different_seed_different(tiny_dataset, tmp_path):

@@ -120,3 +120,8 @@ def test_activation_checkpointing_reaches_the_decoder_blocks(data, tmp_path):
                                  "--trainer.ac_every=2"])
     blocks = build_vlm_run(cfg).model.text.blocks
     assert [isinstance(b.forward, functools.partial) for b in blocks] == [True, False]
+
+
+def test_a_whole_split_text_evaluation_is_refused_for_a_vlm(tmp_path, capsys):
+    assert main(["vlm", "train", "--eval.full_at_end=true", f"--trainer.run_dir={tmp_path / 'r'}"]) == 2
+    assert "eval.full_at_end" in capsys.readouterr().err

@@ -124,6 +124,7 @@ def summarize(run: RunLog) -> dict[str, Any]:
         "final_loss": _last(run, "loss"),
         "final_val_loss": float(val[-1]) if val else None,
         "best_val_loss": float(min(val)) if val else None,
+        "final_val_full_bpb": _last(run, "val_full_bpb"),
         "spike_score_cum": _last(run, "spike_score_cum"),
         "loss_spikes": run.count("loss_spike"),
         "grad_spikes": run.count("grad_norm_spike"),

@@ -37,6 +37,9 @@ RESULT_COLUMNS = [
     ("final_val_loss", "final_val_loss"), ("spike_score_cum", "spike_score_cum"),
     ("max_grad_norm", "max_grad_norm"), ("skipped_steps", "skipped_steps"), ("final_loss", "final_train_loss"),
 ]
+# shown only when some variation has them: bits per byte over the whole held-out split (eval.full_at_end), and
+# the seconds `kiln train` took (absent for variations finished by an earlier sweep)
+OPTIONAL_COLUMNS = ["held_out_bpb", "wall_s"]
 
 
 @dataclass(frozen=True)
@@ -251,8 +254,11 @@ def summary_rows(outcomes: list[Outcome], grid_keys: list[str]) -> list[dict[str
         summary = _metrics_summary(outcome.run_dir)
         rows.append({"name": outcome.run_dir.name, **{k: variation.values[k] for k in grid_keys},
                      "seed": variation.seed, "status": outcome.status, "exit_code": outcome.exit_code,
-                     **{heading: summary.get(key) for key, heading in RESULT_COLUMNS}})
-    return rows
+                     **{heading: summary.get(key) for key, heading in RESULT_COLUMNS},
+                     "held_out_bpb": summary.get("final_val_full_bpb"),
+                     "wall_s": None if outcome.seconds is None else round(outcome.seconds, 1)})
+    unused = [c for c in OPTIONAL_COLUMNS if all(row[c] is None for row in rows)]
+    return [{k: v for k, v in row.items() if k not in unused} for row in rows]
 
 
 def float_formats(rows: list[dict[str, Any]]) -> dict[str, str]:

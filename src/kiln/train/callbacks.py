@@ -33,23 +33,28 @@ log = logging.getLogger("kiln.train")
 
 class Evaluator(Callback):
     """Every `every` steps and at the end: validation loss, perplexity and bits per byte on held-out documents,
-    beside the unigram baseline (`val_unigram_loss`) that a model ignoring context would reach."""
+    beside the unigram baseline (`val_unigram_loss`) that a model ignoring context would reach.
+
+    The periodic passes read the first `max_batches` batches, so they are cheap and comparable along the run; with
+    `full_at_end` the last pass reads every held-out instance and adds `val_full_*`, the figure to compare runs by.
+    """
 
     def __init__(self, val_loader, token_bytes: np.ndarray, every: int, max_batches: int,
-                 unigram_loss: float | None = None) -> None:
+                 unigram_loss: float | None = None, full_at_end: bool = False) -> None:
         self.val_loader, self.every, self.max_batches = val_loader, every, max_batches
         self.token_bytes = torch.as_tensor(token_bytes, dtype=torch.float64)
-        self.unigram_loss = unigram_loss
+        self.unigram_loss, self.full_at_end = unigram_loss, full_at_end
         self.last: dict[str, float] = {}
 
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         step = trainer.state.step
-        if (self.every and step % self.every == 0) or step == trainer.cfg.trainer.steps:
-            self.last = self.evaluate(trainer)
+        last_step = step == trainer.cfg.trainer.steps
+        if (self.every and step % self.every == 0) or last_step:
+            self.last = self.evaluate(trainer, full=last_step and self.full_at_end)
             metrics.update(self.last)
 
     @torch.no_grad()
-    def evaluate(self, trainer: Trainer) -> dict[str, float]:
+    def evaluate(self, trainer: Trainer, full: bool = False) -> dict[str, float]:
         """Sums over every rank's share of the validation batches; all ranks take part (FSDP gathers weights).
 
         Bits per byte counts the nats of the targets that are text (special tokens such as EOS stand for no bytes
@@ -57,39 +62,48 @@ class Evaluator(Callback):
         """
         model = trainer.model
         model.eval()
-        nats = tokens = text_nats = n_bytes = 0.0
-        for batch in self.rank_batches():
-            labels = batch.labels.to(trainer.device).flatten()
-            doc_ids = batch.doc_ids.to(trainer.device) if trainer.cfg.data.intra_doc_masking else None
-            with trainer.autocast():
-                logits = model(batch.input_ids.to(trainer.device), doc_ids=doc_ids)
-            token_nats = F.cross_entropy(logits.float().flatten(0, 1), labels, ignore_index=-100, reduction="none")
-            keep = labels != -100
-            token_bytes = self.token_bytes[labels[keep].cpu()]
-            nats += token_nats.sum().item()
-            tokens += int(keep.sum())
-            text_nats += token_nats[keep].double().cpu()[token_bytes > 0].sum().item()
-            n_bytes += float(token_bytes.sum())
+        sums = [self.batch_sums(trainer, batch) for batch in self.rank_batches(None if full else self.max_batches)]
         model.train()
-        nats, tokens, text_nats, n_bytes = sum_across_ranks([nats, tokens, text_nats, n_bytes], trainer.device)
-        if tokens == 0:
+        head = sum_across_ranks(np.sum(sums[:self.max_batches], axis=0).tolist(), trainer.device)
+        out = self.summarise(head, "val")
+        if out["val_tokens"] == 0:
             raise KilnError("the validation split is empty; raise data.val_fraction or use more data")
-        loss = nats / tokens
-        out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)),
-               "val_bpb": text_nats / math.log(2) / max(n_bytes, 1)}
+        del out["val_tokens"]
+        if full:
+            out.update(self.summarise(sum_across_ranks(np.sum(sums, axis=0).tolist(), trainer.device), "val_full"))
         if self.unigram_loss is not None:
             out["val_unigram_loss"] = self.unigram_loss
         return out
 
-    def rank_batches(self) -> Iterator[Batch]:
-        """This rank's first `max_batches` batches, padded with all-ignored ones where the split ran out early.
+    def batch_sums(self, trainer: Trainer, batch: Batch) -> list[float]:
+        """[nats, tokens, nats of text tokens, bytes of text tokens] of one batch."""
+        labels = batch.labels.to(trainer.device).flatten()
+        doc_ids = batch.doc_ids.to(trainer.device) if trainer.cfg.data.intra_doc_masking else None
+        with trainer.autocast():
+            logits = trainer.model(batch.input_ids.to(trainer.device), doc_ids=doc_ids)
+        token_nats = F.cross_entropy(logits.float().flatten(0, 1), labels, ignore_index=-100, reduction="none")
+        keep = labels != -100
+        token_bytes = self.token_bytes[labels[keep].cpu()]
+        text_nats = token_nats[keep].double().cpu()[token_bytes > 0].sum().item()
+        return [token_nats.sum().item(), float(keep.sum()), text_nats, float(token_bytes.sum())]
+
+    @staticmethod
+    def summarise(sums: list[float], prefix: str) -> dict[str, float]:
+        nats, tokens, text_nats, n_bytes = sums
+        loss = nats / max(tokens, 1)
+        return {f"{prefix}_loss": loss, f"{prefix}_ppl": math.exp(min(loss, 50.0)),
+                f"{prefix}_bpb": text_nats / math.log(2) / max(n_bytes, 1), f"{prefix}_tokens": tokens}
+
+    def rank_batches(self, max_batches: int | None) -> Iterator[Batch]:
+        """This rank's first `max_batches` batches (None: all), padded with all-ignored ones where the split ran out
+        early.
 
         Every rank must run the same number of forward passes, or a sharded model waits forever for a gather.
         """
         loader = self.val_loader
         global_batches = -(-loader.instances_per_epoch // loader.global_batch_size)
         batches = iter(loader)
-        for _ in range(min(self.max_batches, global_batches)):
+        for _ in range(global_batches if max_batches is None else min(max_batches, global_batches)):
             batch = next(batches, None)
             if batch is None:
                 empty = torch.zeros(1, loader.seq_len, dtype=torch.long)
@@ -268,6 +282,8 @@ class Progress(Callback):
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         if "val_loss" in metrics:
             self._write(self.eval_line(metrics))
+        if "val_full_bpb" in metrics:
+            self._write(self.full_split_line(metrics))
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
             self.bar.update(1)
@@ -286,8 +302,15 @@ class Progress(Callback):
         parts += [f"{key} {metrics[key]:{fmt}}" for key, fmt in (("val_ppl", ".2f"), ("val_bpb", ".4f"))
                   if key in metrics]
         shown = {"val_loss", "val_unigram_loss", "val_ppl", "val_bpb"}
-        parts += [f"{key} {value:.4f}" for key, value in metrics.items() if key.startswith("val_") and key not in shown]
+        parts += [f"{key} {value:.4f}" for key, value in metrics.items()
+                  if key.startswith("val_") and key not in shown and not key.startswith("val_full_")]
         return f"step {metrics['step']}: " + " ".join(parts)
+
+    @staticmethod
+    def full_split_line(metrics: dict[str, Any]) -> str:
+        """The end-of-run figure over every held-out token, the one to compare recipes by."""
+        return (f"step {metrics['step']}: whole held-out split ({metrics['val_full_tokens']:,.0f} tokens): "
+                f"val_loss {metrics['val_full_loss']:.4f} val_bpb {metrics['val_full_bpb']:.4f}")
 
     def on_rollback(self, trainer: Trainer, restored_step: int, discarded: Path) -> None:
         if self.bar is not None:

@@ -134,6 +134,7 @@ class WatchdogConfig:
 class EvalConfig:
     every: int = 80  # steps between validation passes (and one at the end); 0 = only at the end
     max_batches: int = 10  # validation micro-batches per pass
+    full_at_end: bool | None = None  # last pass reads the whole held-out split (val_full_*); null = when <= 4M tokens
     samples: int = 2  # generated continuations at the end of training; 0 = none
     sample_tokens: int = 48  # new tokens per generated continuation
     prompts: list[str] | None = None  # default: the built-in corpus's two, or the opening words of held-out documents

@@ -143,6 +143,17 @@ def resolve_loss_chunk(cfg: TrainConfig, padded_vocab: int) -> int:
     return loss_chunk_rows(cfg.trainer.loss_chunk, padded_vocab, cfg.trainer.micro_batch_size * cfg.data.seq_len)
 
 
+FULL_SPLIT_AUTO_TOKENS = 4_000_000  # eval.full_at_end=null reads the whole held-out split up to this size
+
+
+def full_split_at_end(setting: bool | None, val_loader: InstanceLoader) -> bool:
+    """Whether the last validation pass reads every held-out instance; auto: when the split is small enough to be
+    read in a minute or two on a CPU."""
+    if setting is not None:
+        return setting
+    return val_loader.instances_per_epoch * val_loader.seq_len <= FULL_SPLIT_AUTO_TOKENS
+
+
 def build_callbacks(cfg: TrainConfig, run_dir: Path, tokenizer, model_cfg: ModelConfig, train_loader: InstanceLoader,
                     val_loader: InstanceLoader | None) -> tuple[list, cbs.Checkpointer]:
     """The callbacks in the order the trainer calls them; rank 0 alone writes metrics and draws progress."""
@@ -159,7 +170,8 @@ def build_callbacks(cfg: TrainConfig, run_dir: Path, tokenizer, model_cfg: Model
     if val_loader is not None:
         unigram = unigram_cross_entropy(train_loader.views, val_loader.views, model_cfg.padded_vocab_size)
         callbacks.insert(1, cbs.Evaluator(val_loader, token_byte_lengths(tokenizer, model_cfg.padded_vocab_size),
-                                          cfg.eval.every, cfg.eval.max_batches, unigram))
+                                          cfg.eval.every, cfg.eval.max_batches, unigram,
+                                          full_at_end=full_split_at_end(cfg.eval.full_at_end, val_loader)))
     if cfg.eval.downstream:
         from kiln.eval.in_loop import DownstreamEvaluator
 

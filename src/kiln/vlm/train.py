@@ -61,6 +61,8 @@ class VLMTrainConfig(TrainConfig):
         self.vlm.validate()
         require(len(self.data.paths) == 1, "data.paths", self.data.paths, "one folder written by `kiln vlm data`")
         require(not self.data.intra_doc_masking, "data.intra_doc_masking", True, "false: a row is one question")
+        require(not self.eval.full_at_end, "eval.full_at_end", self.eval.full_at_end,
+                "unset for a VLM run (`kiln vlm eval CKPT DATA` scores a whole split)")
 
 
 # The VLM job's defaults (on top of TrainConfig's): a 2-layer decoder, a 4-layer ViT, data/vlm.
