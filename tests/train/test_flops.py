@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from kiln.train.flops import PeakFlops, cpu_model_name, gpu_peak_flops, peak_flops, remeasure_cpu_peak
+from kiln.train.flops import (
+    PeakFlops,
+    auto_precision,
+    cpu_model_name,
+    gpu_peak_flops,
+    peak_flops,
+    remeasure_cpu_peak,
+)
 
 CUDA, CPU = torch.device("cuda", 0), torch.device("cpu")
 H100_SXM, H100_PCIE = "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe"
@@ -179,3 +186,26 @@ def test_remeasuring_keeps_the_highest_figure(cache, monkeypatch, previous, cach
     peak = remeasure_cpu_peak("fp32", previous)
     assert peak.value == kept and peak.source.startswith("re-measured CPU fp32 matmul peak")
     assert peak_flops(CPU, "fp32").value == kept  # and the cache holds it
+
+
+@pytest.mark.parametrize(("bf16_flops", "expected"), [(7e11, "bf16"), (3e11, "fp32")])
+def test_auto_precision_takes_bf16_where_its_measured_peak_is_far_higher(cache, monkeypatch, bf16_flops, expected):
+    """fp32 measures 210 GFLOP/s; bf16 3.3x that is taken, 1.4x is not (casts would eat the gain)."""
+    rates = {torch.float32: 2.1e11, torch.bfloat16: bf16_flops}
+    monkeypatch.setattr("kiln.train.flops.measure_cpu_flops", lambda dtype: rates[dtype])
+    choice, why = auto_precision(CPU)
+    assert choice == expected
+    assert f"bf16 matmul peak is {bf16_flops / 2.1e11:.1f}x its fp32 peak" in why
+    assert auto_precision(CPU) == (choice, why)  # the second call reads both peaks from the cache
+
+
+def test_auto_precision_is_settled_before_the_run_and_recorded(cache, monkeypatch, tiny_dataset, tmp_path):
+    from kiln.train.run import build_run
+
+    from .conftest import tiny_config
+
+    rates = {torch.float32: 2.1e11, torch.bfloat16: 8e11}
+    monkeypatch.setattr("kiln.train.flops.measure_cpu_flops", lambda dtype: rates[dtype])
+    run = build_run(tiny_config(tiny_dataset, tmp_path / "run", trainer={"precision": "auto"}))
+    assert run.cfg.trainer.precision == "bf16" and run.trainer.autocast_dtype == torch.bfloat16
+    assert "precision: bf16" in (tmp_path / "run/config.yaml").read_text()

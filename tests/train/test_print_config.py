@@ -86,3 +86,17 @@ def test_train_help_points_to_print_config(capsys):
     assert exit_info.value.code == 0
     assert "kiln train --print-config [RECIPE] [overrides]" in " ".join(capsys.readouterr().out.split())
 
+
+
+def test_no_recipe_means_the_main_job_recipe_over_the_defaults(capsys):
+    """`kiln train` alone runs kiln/assets/main_job.yaml: every key it sets, and the defaults elsewhere."""
+    from kiln.train.config import MAIN_JOB_RECIPE
+
+    assert main(["train", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    recipe, defaults = yaml.safe_load(MAIN_JOB_RECIPE.read_text()), TrainConfig().to_dict()
+    assert any(recipe[s][k] != defaults[s].get(k) for s in recipe for k in recipe[s] if s != "model")
+    for section, values in recipe.items():
+        for key, value in values.items():
+            assert printed[section][key] == value, (section, key)
+    assert printed["optim"] == {**defaults["optim"], **recipe.get("optim", {})}

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from kiln.errors import KilnError
-from kiln.train.config import config_yaml, load_config
+from kiln.train.config import MAIN_JOB_RECIPE, config_yaml, load_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "kiln train recipes/tiny.yaml --optim.lr=1e-3. "
         "A run folder that already holds checkpoints is resumed from the newest. "
         "Every key, its value and what it means: kiln train --print-config [RECIPE] [overrides].")
-    p.add_argument("recipe", nargs="?", help="YAML recipe (default: the built-in main job)")
+    p.add_argument("recipe", nargs="?", help="YAML recipe (default: the main job, kiln/assets/main_job.yaml)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config (every key, its value and its doc) as YAML and exit")
     p.add_argument("--resume", action="store_true", help="require a checkpoint to resume from")
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_train, accepts_overrides=True)
 
     b = subparsers.add_parser("bench", help="time training steps of a recipe: tokens/s, MFU, peak memory")
-    b.add_argument("recipe", nargs="?", help="YAML recipe (default: the built-in main job)")
+    b.add_argument("recipe", nargs="?", help="YAML recipe (default: the main job, kiln/assets/main_job.yaml)")
     b.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
     b.add_argument("--warmup", type=int, default=5, help="untimed warm-up steps (default 5)")
     b.add_argument("--compare-bare", action="store_true",
@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = load_config(args.recipe, args.overrides)
+    cfg = load_config(args.recipe or MAIN_JOB_RECIPE, args.overrides)
     if args.print_config:
         print(config_yaml(cfg), end="")
         return 0
@@ -95,6 +95,6 @@ def supervise_train(args: argparse.Namespace, run_dir: Path) -> int:
 def run_bench(args: argparse.Namespace) -> int:
     from kiln.train.bench import bench
 
-    cfg = load_config(args.recipe, args.overrides)
+    cfg = load_config(args.recipe or MAIN_JOB_RECIPE, args.overrides)
     bench(cfg, steps=args.steps, warmup=args.warmup, compare_bare=args.compare_bare)
     return 0

@@ -178,6 +178,23 @@ def cpu_peak_flops(precision: str) -> PeakFlops:
     return PeakFlops(entry["flops"], _cpu_source("measured", precision, entry, path))
 
 
+# trainer.precision=auto picks bf16 on a CPU whose bf16 matmul peak is at least this multiple of its fp32 peak.
+# Autocast adds casts and the small matmuls of a small model reach less of the peak than a 2048 square does: on
+# an AMX Xeon a 3.2x peak gave the main job 1.5x tokens/s (docs/performance.md), so a 2x peak is about even.
+BF16_CPU_GAIN = 2.0
+
+
+def auto_precision(device: torch.device) -> tuple[str, str]:
+    """(bf16 or fp32, why) for `trainer.precision=auto`: bf16 where this device computes it clearly faster."""
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "the GPU computes in bf16"
+        return "fp32", "the GPU has no bf16"
+    ratio = cpu_peak_flops("bf16").value / cpu_peak_flops("fp32").value
+    choice = "bf16" if ratio >= BF16_CPU_GAIN else "fp32"
+    return choice, f"this CPU's bf16 matmul peak is {ratio:.1f}x its fp32 peak (bf16 from {BF16_CPU_GAIN:g}x)"
+
+
 def remeasure_cpu_peak(precision: str, previous: float = 0.0) -> PeakFlops:
     """Measure again and keep the higher of the old and new figures, updating the cache.
 

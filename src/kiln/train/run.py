@@ -28,7 +28,7 @@ from kiln.train import callbacks as cbs
 from kiln.train.checkpointing import check_same_shape, list_step_dirs, load_checkpoint
 from kiln.train.config import TrainConfig, TrainerConfig
 from kiln.train.config_changes import record_config
-from kiln.train.flops import peak_flops
+from kiln.train.flops import auto_precision, peak_flops
 from kiln.train.loss import loss_chunk_rows
 from kiln.train.trainer import NonFiniteLoss, Trainer
 from kiln.train.wrapping import apply_activation_checkpointing, compile_blocks, set_activation_memory_budget
@@ -44,6 +44,17 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise KilnError(f"trainer.device={name!r} but no CUDA device is available; use cpu or auto")
     return torch.device("cuda", distributed.local_rank()) if name == "cuda" else device
+
+
+def settle_precision(tc: TrainerConfig, device: torch.device) -> None:
+    """Replace `trainer.precision=auto` by what this device computes faster (kiln.train.flops.auto_precision),
+    before anything reads it; every rank takes rank 0's choice, so a sharded model computes in one dtype."""
+    if tc.precision != "auto":
+        return
+    choice, why = auto_precision(device)
+    choice, why = distributed.gather_objects((choice, why))[0] if distributed.world_size() > 1 else (choice, why)
+    log.info("trainer.precision=auto: %s, as %s", choice, why)
+    tc.precision = choice
 
 
 def open_datasets(cfg: TrainConfig) -> list[TokenDataset]:
@@ -196,6 +207,7 @@ def build_run(cfg: TrainConfig, resume: bool | None = None) -> Run:
     device = pick_device(tc.device)
     if device.type == "cpu" and tc.threads:
         torch.set_num_threads(tc.threads)
+    settle_precision(tc, device)
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
     run_dir = Path(tc.run_dir)
     datasets = open_datasets(cfg)

@@ -29,6 +29,7 @@ from kiln.train.run import (
     maybe_resume,
     pick_device,
     resolve_loss_chunk,
+    settle_precision,
     wrap_blocks,
 )
 from kiln.train.trainer import Callback, Trainer
@@ -133,6 +134,7 @@ def build_vlm_run(cfg: VLMTrainConfig, resume: bool | None = None) -> Run:
     device = pick_device(tc.device)
     if device.type == "cpu" and tc.threads:
         torch.set_num_threads(tc.threads)
+    settle_precision(tc, device)
     torch.manual_seed(tc.seed)
     run_dir, data_dir = Path(tc.run_dir), open_vlm_data(cfg)
     tok = load_dataset_tokenizer(data_dir)
