@@ -21,7 +21,7 @@ TINY = str(Path(__file__).parents[2] / "recipes/tiny.yaml")
     (["--trainer.grad_accum=-1"], ["trainer.grad_accum=-1"]),
     (["--data.seq_len=0"], ["data.seq_len=0"]),
     (["--data.seq_len=8192"], ["data.seq_len=8192", "model.max_seq_len=4096"]),
-    (["--model.max_seq_len=128"], ["data.seq_len=256", "model.max_seq_len=128"]),
+    (["--data.seq_len=256", "--model.max_seq_len=128"], ["data.seq_len=256", "model.max_seq_len=128"]),
     (["--eval.every=-1"], ["eval.every=-1", "0 or more"]),
     (["--checkpoint.every=-5"], ["checkpoint.every=-5"]),
     (["--trainer.log_every=-1"], ["trainer.log_every=-1"]),

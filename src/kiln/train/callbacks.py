@@ -89,6 +89,7 @@ class Evaluator(Callback):
 
     @staticmethod
     def summarise(sums: list[float], prefix: str) -> dict[str, float]:
+        """Loss, perplexity, bits per byte and target count from the summed `batch_sums` of all ranks."""
         nats, tokens, text_nats, n_bytes = sums
         loss = nats / max(tokens, 1)
         return {f"{prefix}_loss": loss, f"{prefix}_ppl": math.exp(min(loss, 50.0)),
