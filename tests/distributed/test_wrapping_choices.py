@@ -33,7 +33,7 @@ def test_every_rank_evaluates_as_many_batches_when_the_split_runs_out_unevenly(t
                               val_fraction=0.1) for r in range(2)]
     counts, targets = [], []
     for loader in loaders:
-        batches = list(Evaluator(loader, token_bytes=[1.0], every=1, max_batches=100).rank_batches(100))
+        batches = list(Evaluator(loader, token_bytes=[1.0], every=1, max_batches=100).rank_batches())
         counts.append(len(batches))
         targets.append(sum(int((b.labels != -100).sum()) for b in batches))
     assert counts[0] == counts[1] == -(-instances // (2 * batch))

@@ -62,7 +62,7 @@ class Evaluator(Callback):
         """
         model = trainer.model
         model.eval()
-        sums = [self.batch_sums(trainer, batch) for batch in self.rank_batches(None if full else self.max_batches)]
+        sums = [self.batch_sums(trainer, batch) for batch in self.rank_batches(whole=full)]
         model.train()
         head = sum_across_ranks(np.sum(sums[:self.max_batches], axis=0).tolist(), trainer.device)
         out = self.summarise(head, "val")
@@ -95,16 +95,16 @@ class Evaluator(Callback):
         return {f"{prefix}_loss": loss, f"{prefix}_ppl": math.exp(min(loss, 50.0)),
                 f"{prefix}_bpb": text_nats / math.log(2) / max(n_bytes, 1), f"{prefix}_tokens": tokens}
 
-    def rank_batches(self, max_batches: int | None) -> Iterator[Batch]:
-        """This rank's first `max_batches` batches (None: all), padded with all-ignored ones where the split ran out
-        early.
+    def rank_batches(self, whole: bool = False) -> Iterator[Batch]:
+        """This rank's first `max_batches` batches (`whole`: all of them), padded with all-ignored ones where the
+        split ran out early.
 
         Every rank must run the same number of forward passes, or a sharded model waits forever for a gather.
         """
         loader = self.val_loader
         global_batches = -(-loader.instances_per_epoch // loader.global_batch_size)
         batches = iter(loader)
-        for _ in range(global_batches if max_batches is None else min(max_batches, global_batches)):
+        for _ in range(global_batches if whole else min(self.max_batches, global_batches)):
             batch = next(batches, None)
             if batch is None:
                 empty = torch.zeros(1, loader.seq_len, dtype=torch.long)
