@@ -128,3 +128,32 @@ def test_no_object_head_when_its_weight_is_zero():
     out = model(torch.randint(0, 64, (1, 3)), images=torch.rand(1, 3, 32, 32),
                 object_labels=torch.zeros(1, 2, 4, 4, dtype=torch.long))
     assert isinstance(out, torch.Tensor)
+
+
+def test_the_conv_stem_gives_one_feature_per_patch_from_overlapping_neighbourhoods():
+    torch.manual_seed(0)
+    vision = VisionConfig(image_size=32, patch=8, d_model=16, n_layers=1, n_heads=2, stem="conv")
+    text = ModelConfig(**{**PRESETS["olmo2-tiny"], "vocab_size": 64, "n_layers": 1, "d_model": 32, "n_heads": 2,
+                          "d_ff": 64})
+    model = VLM(VLMConfig(vision, text)).eval()
+    images = torch.rand(1, 3, 32, 32)
+    assert model.vision(images).shape == (1, 4, 4, 16)
+    nudged = images.clone()
+    nudged[..., 7, 7] += 0.5  # the last pixel of patch (0, 0): a linear patchify would change that patch only
+    changed = (model.vision.patchify(nudged * 2 - 1) - model.vision.patchify(images * 2 - 1)).abs().sum(1)[0] > 0
+    assert changed[0, 0] and changed[1, 1]  # the 3x3 kernels also carry it to the neighbouring patch
+    assert not changed[3, 3]
+    assert VLMConfig.from_dict(model.cfg.to_dict()) == model.cfg
+
+
+def test_a_checkpoint_saved_before_the_stem_option_loads_with_the_linear_patchify():
+    saved = _vlm().cfg.to_dict()
+    del saved["vision"]["stem"]
+    assert VLMConfig.from_dict(saved).vision.stem == "patch"
+
+
+@pytest.mark.parametrize("kwargs, message", [(dict(stem="convnext"), "vision.stem='convnext'"),
+                                             (dict(image_size=36, patch=12, stem="conv"), "power of two")])
+def test_bad_stems_are_refused_naming_the_value(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        VisionConfig(**kwargs)

@@ -28,6 +28,7 @@ from kiln.model.transformer import Transformer
 from kiln.vlm.scenes import COLOURS, SHAPES
 
 N_COLOURS, N_SHAPES = len(COLOURS), len(SHAPES)
+STEMS = ("patch", "conv")
 
 
 @dataclass
@@ -44,6 +45,7 @@ class VisionConfig:
     object_loss: float = 1.0  # weight of the ViT's auxiliary object loss (see ObjectHead); 0 = none
     token_positions: bool = True  # a learned embedding per image token, added in the decoder's width (see Connector)
     init_std: float = 0.02
+    stem: str = "patch"  # "patch": one linear map per patch (ViT); "conv": stride-2 3x3 convolutions (see ConvStem)
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch:
@@ -53,6 +55,11 @@ class VisionConfig:
                              f"{self.pool} windows; change vision.image_size, vision.patch or vision.pool")
         if self.d_model % self.n_heads:
             raise ValueError(f"vision.d_model={self.d_model} is not a multiple of vision.n_heads={self.n_heads}")
+        if self.stem not in STEMS:
+            raise ValueError(f"vision.stem={self.stem!r} is not one of {', '.join(STEMS)}")
+        if self.stem == "conv" and (self.patch < 2 or self.patch & (self.patch - 1)):
+            raise ValueError(f"vision.stem=conv halves the image per convolution: vision.patch={self.patch} must be "
+                             "a power of two (2, 4, 8, 16)")
 
     @property
     def grid(self) -> int:
@@ -78,7 +85,29 @@ class VLMConfig:
         if "object_loss" not in data["vision"]:
             raise KilnError("this VLM checkpoint predates kiln vlm's current model (connector norm, object head, "
                             "generator version 3 data); train a new one with `kiln vlm train`")
-        return cls(VisionConfig(**data["vision"]), ModelConfig.from_dict(data["text"]))
+        vision = {"stem": "patch", **data["vision"]}  # saved before the conv stem existed
+        return cls(VisionConfig(**vision), ModelConfig.from_dict(data["text"]))
+
+
+class ConvStem(nn.Module):
+    """log2(patch) 3x3 convolutions of stride 2, channels doubling up to d_model, then a 1x1 convolution: one
+    feature vector per patch, as the linear patchify gives, but built from overlapping neighbourhoods.
+
+    Xiao et al. 2021 ("Early Convolutions Help Transformers See Better") replace the ViT's patchify by such a stem;
+    here it is what lets a ViT trained from scratch tell a hexagon from a circle 10 px wide, whose edges a linear map
+    of an 8 px patch sees cut in pieces (docs/vlm.md)."""
+
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        n = cfg.patch.bit_length() - 1
+        widths = [3] + [max(cfg.d_model >> (n - 1 - i), 8) for i in range(n)]
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(widths, widths[1:]):
+            layers += [nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1), nn.GELU()]
+        self.layers = nn.Sequential(*layers, nn.Conv2d(widths[-1], cfg.d_model, kernel_size=1))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.layers(images)
 
 
 class ViT(nn.Module):
@@ -87,7 +116,8 @@ class ViT(nn.Module):
     def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.patchify = nn.Conv2d(3, cfg.d_model, kernel_size=cfg.patch, stride=cfg.patch)
+        self.patchify = (ConvStem(cfg) if cfg.stem == "conv" else
+                         nn.Conv2d(3, cfg.d_model, kernel_size=cfg.patch, stride=cfg.patch))
         self.row_embed = nn.Parameter(torch.zeros(cfg.grid, cfg.d_model))  # 2-D positions: row + column
         self.col_embed = nn.Parameter(torch.zeros(cfg.grid, cfg.d_model))
         layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, int(cfg.mlp_ratio * cfg.d_model), dropout=0.0,
@@ -180,7 +210,9 @@ class VLM(nn.Module):
 
 def init_vision_weights(model: VLM, std: float) -> None:
     """Every vision and connector matrix from a truncated normal(0, std), as OLMo 2 initialises its decoder
-    (kiln.model.init); biases zero, LayerNorms one; the ViT's position embeddings normal(0, std).
+    (kiln.model.init); biases zero, LayerNorms one; the ViT's position embeddings normal(0, std). A conv stem's
+    inner convolutions are He-initialised, so its last 1x1 map (std) gives patch features at the linear patchify's
+    scale.
 
     What enters the decoder is drawn at the scale of its token embeddings (0.02 under OLMo 2's init, 1 under
     `scaled_embed`): the connector's output norm has that gain and its per-token positions that std. Image tokens
@@ -199,6 +231,10 @@ def init_vision_weights(model: VLM, std: float) -> None:
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+    if isinstance(model.vision.patchify, ConvStem):  # inner convolutions keep their signal (He et al. 2015)
+        for conv in list(model.vision.patchify.layers)[:-1]:
+            if isinstance(conv, nn.Conv2d):
+                nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
     trunc_normal_(model.vision.row_embed, std)
     trunc_normal_(model.vision.col_embed, std)
     nn.init.constant_(model.connector.norm.weight, embed_std)
