@@ -26,5 +26,7 @@ def test_a_tiny_model_learns_eight_images_to_f1_one(tmp_path, capsys):
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert result["questions"] == 8
     assert result["point_f1"] == 1.0 and result["count_accuracy"] == 1.0
+    assert result["diagnosis"]["points"]["number"]["right"] == 1.0  # nothing to explain: every point a hit
+    assert result["diagnosis"]["points"]["landing"]["hit"] == 1.0
     answers = [json.loads(line) for line in (tmp_path / "eval" / "answers.jsonl").read_text().splitlines()]
     assert [a["answer"] for a in answers] == [a["truth"] for a in answers]  # every answer, word for word

@@ -96,6 +96,11 @@ def test_eval_writes_scores_answers_and_a_gallery_and_point_draws(data, tmp_path
     assert result["unseen_pair"]["questions"] == unseen > 0  # every test image asks about an unseen pair first
     assert result["seen_pair"]["questions"] == len(test) - unseen
     assert "never seen in training" in printed
+    diagnosis = result["diagnosis"]
+    pointing = sum(r["asked"] in ("point", "count_point") for r in test)
+    assert diagnosis["points"]["answers"] == pointing and sum(diagnosis["points"]["number"].values()) == 1
+    assert diagnosis["vision"]["images"] == len({r["image"] for r in test})
+    assert "why pointing misses" in printed and "ViT object head alone" in printed
     answers = (tmp_path / "eval" / "answers.jsonl").read_text().splitlines()
     assert [json.loads(a)["id"] for a in answers] == [r["id"] for r in test]
     assert (tmp_path / "eval" / "gallery.html").read_text().count("<img ") == len(test)

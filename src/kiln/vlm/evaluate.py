@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 from kiln.data.tokenizer import eos_id
 from kiln.generate.sampling import generate
 from kiln.vlm.batches import SEPARATOR, load_image
+from kiln.vlm.diagnose import object_head_accuracy, point_errors
 from kiln.vlm.metrics import aggregate_point_scores, counting_scores, point_scores
 from kiln.vlm.model import VLM
 from kiln.vlm.points import parse_count, parse_points
@@ -81,6 +82,7 @@ def evaluate_split(model: VLM, tok: Tokenizer, directory: str | Path, split: str
         chosen = [(r, a) for r, a in zip(records, answers, strict=True) if asks_about(r, unseen) is keep]
         if chosen:
             result[name] = {"questions": len(chosen), **score(*map(list, zip(*chosen, strict=True)))}
+    result["diagnosis"] = diagnosis(model, directory, records, answers)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(result, indent=1))
     with (out / "answers.jsonl").open("w") as f:
@@ -99,6 +101,13 @@ def evaluate_split(model: VLM, tok: Tokenizer, directory: str | Path, split: str
                      "f1": point_scores(predicted, true, list(record_masks(record)))["f1"] if pointing else None})
     write_gallery(out, rows, f"kiln vlm eval: {split} split of {directory}")
     return result
+
+
+def diagnosis(model: VLM, directory: str | Path, records: list[dict], answers: list[str]) -> dict:
+    """Which part fails (kiln.vlm.diagnose): the pointing answers' errors, and the ViT's object head alone."""
+    pointed = [(r, a) for r, a in zip(records, answers, strict=True) if r["asked"] in POINTING]
+    out = {"points": point_errors(*map(list, zip(*pointed, strict=True))) if pointed else None}
+    return {**out, "vision": object_head_accuracy(model, directory, records)}
 
 
 def unseen_pairs(directory: str | Path) -> set[tuple[str, str]]:
@@ -120,6 +129,21 @@ def report_lines(result: dict) -> list[str]:
                         ("seen_pair", "about anything else")):
         if name in result:
             lines += _score_lines(result[name], f"{result[name]['questions']} questions {title}")
+    return lines + _diagnosis_lines(result.get("diagnosis") or {})
+
+
+def _diagnosis_lines(diagnosis: dict) -> list[str]:
+    lines = []
+    if diagnosis.get("points"):
+        points = diagnosis["points"]
+        number = "  ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in points["number"].items())
+        landing = "  ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in points["landing"].items())
+        lines += [f"why pointing misses ({points['answers']} answers, {points['points']} points)",
+                  f"number of points  {number}", f"points landing    {landing}"]
+    if diagnosis.get("vision"):
+        vision = diagnosis["vision"]
+        lines.append(f"ViT object head alone, at the {vision['patches']} patches holding a point: colour "
+                     f"{vision['colour']:.3f}  shape {vision['shape']:.3f}")
     return lines
 
 

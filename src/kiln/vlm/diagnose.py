@@ -1,0 +1,96 @@
+"""Why answers miss: how many points a pointing answer gives, where its wrong points land, and how well the ViT
+alone tells colour and shape apart.
+
+Molmo's metrics (kiln.vlm.metrics) say how often an answer is right; these say which part of the model to fix.
+Points on objects of the wrong shape with a ViT that names shapes poorly point at the image encoder; points on the
+right kind of object but too many or too few of them point at the decoder.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kiln.vlm.batches import load_image, object_labels
+from kiln.vlm.metrics import in_mask, match_points, to_pixels
+from kiln.vlm.model import N_COLOURS, VLM
+from kiln.vlm.points import parse_points
+from kiln.vlm.synth import record_masks
+
+NEAR = 10.0  # percent of the image: a wrong point farther than this from every object's point is "background"
+LANDINGS = ("hit", "beside_target", "wrong_shape", "wrong_colour", "wrong_object", "background")
+
+
+def point_errors(records: list[dict], answers: list[str]) -> dict:
+    """Over pointing questions: the share of answers with the right number of points, too many, too few or
+    malformed; and the share of all predicted points by where they land (see `landing`)."""
+    number: Counter[str] = Counter()
+    landed: Counter[str] = Counter()
+    for record, text in zip(records, answers, strict=True):
+        pred = parse_points(text)
+        if pred is None:
+            number["malformed"] += 1
+            continue
+        true = [tuple(p) for p in record["points"]]
+        number["right" if len(pred) == len(true) else "too_many" if len(pred) > len(true) else "too_few"] += 1
+        landed.update(landings(record, pred))
+    answered, points = sum(number.values()), sum(landed.values())
+    return {"answers": answered, "points": points,
+            "number": {k: number[k] / answered if answered else 0.0 for k in ("right", "too_many", "too_few",
+                                                                               "malformed")},
+            "landing": {k: landed[k] / points if points else 0.0 for k in LANDINGS}}
+
+
+def landings(record: dict, pred: list[tuple[float, float]]) -> list[str]:
+    """Where each predicted point lands: a hit (Molmo's: matched to a target and inside its mask), beside a target
+    (nearest object is one asked for, but the point is not a hit), or nearest an object of the wrong shape, colour
+    or both, or on the background (no object's point within NEAR percent)."""
+    true = [tuple(p) for p in record["points"]]
+    hits = set()
+    if true:
+        height, width = record["image_size"]
+        masks = record_masks(record)
+        pixels, true_pixels = to_pixels(pred, height, width), to_pixels(true, height, width)
+        hits = {p for p, t in match_points(pixels, true_pixels) if in_mask(pixels[p], masks[t])}
+    return ["hit" if i in hits else _miss(record, point) for i, point in enumerate(pred)]
+
+
+def _miss(record: dict, point: tuple[float, float]) -> str:
+    objects = record["objects"]
+    if not objects:
+        return "background"
+    distances = [float(np.hypot(point[0] - o["point"][0], point[1] - o["point"][1])) for o in objects]
+    if min(distances) > NEAR:
+        return "background"
+    nearest, target = objects[int(np.argmin(distances))], record["target"]
+    colour_ok = target.get("colour") in (None, nearest["colour"])
+    shape_ok = target.get("shape") in (None, nearest["shape"])
+    if colour_ok and shape_ok:
+        return "beside_target"
+    return "wrong_shape" if colour_ok else "wrong_colour" if shape_ok else "wrong_object"
+
+
+@torch.inference_mode()
+def object_head_accuracy(model: VLM, directory: str | Path, records: list[dict], batch_size: int = 64,
+                         max_images: int = 500) -> dict | None:
+    """The ViT's object head read on its own: at the patches that hold an object's point, the share where it names
+    the colour and the shape right; None when the model has no object head."""
+    if model.objects is None:
+        return None
+    images = list({r["image"]: r for r in records}.values())[:max_images]
+    grid, device = model.cfg.vision.grid, next(model.parameters()).device
+    right, total = np.zeros(2), 0
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        pixels = torch.stack([load_image(Path(directory) / r["image"]) for r in chunk]).to(device)
+        labels = torch.stack([object_labels(r, grid) for r in chunk]).to(device)
+        scores = model.objects.proj(model.vision(pixels))
+        guess = torch.stack([scores[..., :N_COLOURS + 1].argmax(-1), scores[..., N_COLOURS + 1:].argmax(-1)], 1)
+        at_points = labels[:, 0] > 0
+        right += [(guess[:, k][at_points] == labels[:, k][at_points]).sum().item() for k in (0, 1)]
+        total += int(at_points.sum())
+    return {"images": len(images), "patches": total, "colour": right[0] / max(total, 1),
+            "shape": right[1] / max(total, 1)}

@@ -1,0 +1,84 @@
+"""The error breakdown behind `kiln vlm eval`: where wrong points land, and the object head read on its own."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kiln.model.config import ModelConfig
+from kiln.model.presets import PRESETS
+from kiln.vlm.diagnose import landings, object_head_accuracy, point_errors
+from kiln.vlm.model import N_COLOURS, VLM, VisionConfig, VLMConfig
+from kiln.vlm.synth import encode_rle
+
+
+def _record(target: dict, objects: list[dict], targets: list[int]) -> dict:
+    """A 20 x 20 image whose objects are 2 x 2 boxes around their points (percent = pixel x 5)."""
+    masks = []
+    for i in targets:
+        mask = np.zeros((20, 20), dtype=bool)
+        col, row = int(objects[i]["point"][0] / 5), int(objects[i]["point"][1] / 5)
+        mask[row - 1:row + 1, col - 1:col + 1] = True
+        masks.append(encode_rle(mask))
+    return {"image_size": [20, 20], "target": target, "objects": objects, "masks": masks,
+            "points": [objects[i]["point"] for i in targets]}
+
+
+OBJECTS = [{"colour": "red", "shape": "star", "point": [25.0, 25.0]},      # the target
+           {"colour": "red", "shape": "circle", "point": [75.0, 25.0]},    # right colour, wrong shape
+           {"colour": "blue", "shape": "star", "point": [25.0, 75.0]},     # wrong colour, right shape
+           {"colour": "green", "shape": "square", "point": [75.0, 75.0]}]  # neither
+
+
+def test_each_wrong_point_is_named_by_the_object_nearest_it():
+    record = _record({"colour": "red", "shape": "star"}, OBJECTS, [0])
+    pred = [(24.0, 24.0),   # pixel (4.8, 4.8): inside the target's box (pixels 4-5): a hit
+            (74.0, 26.0),   # by the red circle
+            (26.0, 76.0),   # by the blue star
+            (76.0, 74.0),   # by the green square
+            (50.0, 50.0)]   # 35 percent from every object's point
+    assert landings(record, pred) == ["hit", "wrong_shape", "wrong_colour", "wrong_object", "background"]
+
+
+def test_a_second_point_on_the_target_is_beside_it_not_a_hit():
+    record = _record({"colour": "red", "shape": "star"}, OBJECTS, [0])
+    # Two points near the star: the Hungarian match takes the nearer one, the other is an extra point by the target.
+    assert landings(record, [(24.0, 24.0), (30.0, 30.0)]) == ["hit", "beside_target"]
+
+
+def test_a_target_named_by_shape_only_accepts_any_colour():
+    record = _record({"colour": None, "shape": "star"}, OBJECTS, [0, 2])
+    assert landings(record, [(35.0, 75.0)]) == ["beside_target"]  # the blue star, outside its 2 x 2 box
+
+
+def test_point_errors_share_out_answers_by_number_and_points_by_landing():
+    record = _record({"colour": "red", "shape": "star"}, OBJECTS, [0])
+    right = '<point x="24.0" y="24.0" alt="red star">red star</point>'
+    too_many = '<points x1="24.0" y1="24.0" x2="74.0" y2="26.0" alt="red star">red star</points>'
+    out = point_errors([record] * 4, [right, too_many, "There are none.", "<point x="])
+    assert out["answers"] == 4 and out["points"] == 3
+    assert out["number"] == {"right": 0.25, "too_many": 0.25, "too_few": 0.25, "malformed": 0.25}
+    assert out["landing"] == pytest.approx({"hit": 2 / 3, "beside_target": 0.0, "wrong_shape": 1 / 3,
+                                            "wrong_colour": 0.0, "wrong_object": 0.0, "background": 0.0})
+
+
+def test_the_object_head_is_scored_at_the_patches_that_hold_a_point(tmp_path):
+    from PIL import Image
+
+    torch.manual_seed(0)
+    text = ModelConfig(**{**PRESETS["olmo2-tiny"], "vocab_size": 64, "n_layers": 1, "d_model": 32, "n_heads": 2,
+                          "d_ff": 64})
+    model = VLM(VLMConfig(VisionConfig(image_size=32, patch=8, d_model=16, n_layers=1, n_heads=2), text)).eval()
+    with torch.no_grad():  # a head that always answers "red" (colour class 1) and "circle" (shape class 1)
+        model.objects.proj.weight.zero_()
+        model.objects.proj.bias.zero_()
+        model.objects.proj.bias[1] = model.objects.proj.bias[N_COLOURS + 2] = 5.0
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    objects = [{"colour": "red", "shape": "circle", "point": [10.0, 10.0]},   # both right
+               {"colour": "red", "shape": "star", "point": [60.0, 10.0]},     # colour right
+               {"colour": "blue", "shape": "star", "point": [10.0, 60.0]}]    # neither
+    records = [{"image": "a.png", "objects": objects}] * 3  # one image asked three times is read once
+    out = object_head_accuracy(model, tmp_path, records)
+    assert out["images"] == 1 and out["patches"] == 3
+    assert out["colour"] == pytest.approx(2 / 3) and out["shape"] == pytest.approx(1 / 3)
