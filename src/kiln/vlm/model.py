@@ -45,7 +45,7 @@ class VisionConfig:
     object_loss: float = 1.0  # weight of the ViT's auxiliary object loss (see ObjectHead); 0 = none
     token_positions: bool = True  # a learned embedding per image token, added in the decoder's width (see Connector)
     init_std: float = 0.02
-    stem: str = "patch"  # "patch": one linear map per patch (ViT); "conv": stride-2 3x3 convolutions (see ConvStem)
+    stem: str = "conv"  # "conv": stride-2 3x3 convolutions (see ConvStem); "patch": one linear map per patch (ViT)
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch:

@@ -181,7 +181,7 @@ def header(run: Run) -> str:
     vision, text = model.cfg.vision, model.cfg.text
     n_params = sum(p.numel() for p in model.parameters())
     where = f"resuming {run.resumed_from}" if run.resumed_from else "from scratch"
-    return (f"kiln vlm train: {n_params:,} parameters (ViT {vision.n_layers} x {vision.d_model}, "
+    return (f"kiln vlm train: {n_params:,} parameters ({vision.stem} stem, ViT {vision.n_layers} x {vision.d_model}, "
             f"{vision.image_tokens} image tokens; decoder {text.n_layers} x {text.d_model}), {cfg.trainer.steps} "
             f"steps of {cfg.trainer.micro_batch_size} questions, data {cfg.data.paths[0]}, run folder {run.run_dir} "
             f"({where})")
