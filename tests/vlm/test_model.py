@@ -159,3 +159,10 @@ def test_a_checkpoint_saved_before_the_stem_option_loads_with_the_linear_patchif
 def test_bad_stems_are_refused_naming_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message):
         VisionConfig(**kwargs)
+
+
+def test_the_conv_stem_carries_the_image_signal_to_its_last_map_undiminished():
+    model = _vlm(stem="conv")  # He-initialised inner convolutions; at std 0.02 each would shrink it ~5-fold
+    images = torch.rand(8, 3, 32, 32) * 2 - 1
+    inner = model.vision.patchify.layers[:-1](images).detach()
+    assert 0.5 < float(inner.pow(2).mean().sqrt() / images.pow(2).mean().sqrt()) < 2

@@ -211,8 +211,7 @@ class VLM(nn.Module):
 def init_vision_weights(model: VLM, std: float) -> None:
     """Every vision and connector matrix from a truncated normal(0, std), as OLMo 2 initialises its decoder
     (kiln.model.init); biases zero, LayerNorms one; the ViT's position embeddings normal(0, std). A conv stem's
-    inner convolutions are He-initialised, so its last 1x1 map (std) gives patch features at the linear patchify's
-    scale.
+    inner convolutions are He-initialised, so the image's signal reaches its last 1x1 map (std) undiminished.
 
     What enters the decoder is drawn at the scale of its token embeddings (0.02 under OLMo 2's init, 1 under
     `scaled_embed`): the connector's output norm has that gain and its per-token positions that std. Image tokens
