@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from kiln.vlm.batches import load_image, object_labels
-from kiln.vlm.metrics import in_mask, match_points, to_pixels
-from kiln.vlm.model import N_COLOURS, VLM
+from kiln.vlm.metrics import hit_points
+from kiln.vlm.model import VLM
 from kiln.vlm.points import parse_points
 from kiln.vlm.synth import record_masks
 
@@ -48,13 +48,7 @@ def landings(record: dict, pred: list[tuple[float, float]]) -> list[str]:
     """Where each predicted point lands: a hit (Molmo's: matched to a target and inside its mask), beside a target
     (nearest object is one asked for, but the point is not a hit), or nearest an object of the wrong shape, colour
     or both, or on the background (no object's point within NEAR percent)."""
-    true = [tuple(p) for p in record["points"]]
-    hits = set()
-    if true:
-        height, width = record["image_size"]
-        masks = record_masks(record)
-        pixels, true_pixels = to_pixels(pred, height, width), to_pixels(true, height, width)
-        hits = {p for p, t in match_points(pixels, true_pixels) if in_mask(pixels[p], masks[t])}
+    hits = hit_points(pred, [tuple(p) for p in record["points"]], list(record_masks(record)))
     return ["hit" if i in hits else _miss(record, point) for i, point in enumerate(pred)]
 
 
@@ -87,8 +81,8 @@ def object_head_accuracy(model: VLM, directory: str | Path, records: list[dict],
         chunk = images[start:start + batch_size]
         pixels = torch.stack([load_image(Path(directory) / r["image"]) for r in chunk]).to(device)
         labels = torch.stack([object_labels(r, grid) for r in chunk]).to(device)
-        scores = model.objects.proj(model.vision(pixels))
-        guess = torch.stack([scores[..., :N_COLOURS + 1].argmax(-1), scores[..., N_COLOURS + 1:].argmax(-1)], 1)
+        colour, shape = model.objects.class_logits(model.vision(pixels))
+        guess = torch.stack([colour.argmax(-1), shape.argmax(-1)], 1)
         at_points = labels[:, 0] > 0
         right += [(guess[:, k][at_points] == labels[:, k][at_points]).sum().item() for k in (0, 1)]
         total += int(at_points.sum())

@@ -57,10 +57,18 @@ def point_scores(pred: list[Point] | None, true: list[Point], masks: list[np.nda
         return _scores(0.0, 0.0)
     if not true:
         return _scores(1.0, 1.0) if not pred else _scores(0.0, 0.0)
+    hits = len(hit_points(pred, true, masks))
+    return _scores(hits / len(pred) if pred else 0.0, hits / len(true))
+
+
+def hit_points(pred: list[Point], true: list[Point], masks: list[np.ndarray]) -> set[int]:
+    """Indices of the predicted points (percent) that are hits: matched one-to-one to a true point (percent) and
+    inside that object's mask."""
+    if not pred or not true:
+        return set()
     height, width = masks[0].shape
     pred_pixels, true_pixels = to_pixels(pred, height, width), to_pixels(true, height, width)
-    hits = sum(in_mask(pred_pixels[p], masks[t]) for p, t in match_points(pred_pixels, true_pixels))
-    return _scores(hits / len(pred) if pred else 0.0, hits / len(true))
+    return {p for p, t in match_points(pred_pixels, true_pixels) if in_mask(pred_pixels[p], masks[t])}
 
 
 def _scores(precision: float, recall: float) -> dict[str, float]:

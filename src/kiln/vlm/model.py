@@ -167,10 +167,14 @@ class ObjectHead(nn.Module):
         self.weight = cfg.object_loss
         self.proj = nn.Linear(cfg.d_model, N_COLOURS + 1 + N_SHAPES + 1)
 
+    def class_logits(self, patches: Tensor) -> tuple[Tensor, Tensor]:
+        """patches (B, G, G, d) -> colour (B, G, G, colours + 1) and shape (B, G, G, shapes + 1) logits."""
+        logits = self.proj(patches)
+        return logits[..., :N_COLOURS + 1], logits[..., N_COLOURS + 1:]
+
     def forward(self, patches: Tensor, labels: Tensor) -> Tensor:
         """patches (B, G, G, d), labels (B, 2, G, G) of colour and shape classes (0 = none) -> weighted loss."""
-        logits = self.proj(patches)
-        colour, shape = logits[..., :N_COLOURS + 1], logits[..., N_COLOURS + 1:]
+        colour, shape = self.class_logits(patches)
         loss = (F.cross_entropy(colour.flatten(0, 2), labels[:, 0].flatten())
                 + F.cross_entropy(shape.flatten(0, 2), labels[:, 1].flatten()))
         return self.weight * loss
