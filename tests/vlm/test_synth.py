@@ -23,6 +23,7 @@ from kiln.vlm.synth import (
     decode_rle,
     encode_rle,
     load_split,
+    make_image,
     plan_scene,
     record_masks,
     write_dataset,
@@ -156,6 +157,19 @@ def test_first_question_counts_are_uniform_over_0_to_10():
         counts.append(sum(target.matches(*spec) for spec in specs))
     histogram = np.bincount(counts, minlength=11)
     assert len(histogram) == 11 and histogram.min() > 60
+
+
+@pytest.mark.parametrize("share", [0.0, 0.4, 1.0])
+def test_absent_share_sets_how_often_a_further_question_is_absent(share):
+    cfg = SynthConfig(n=300, absent_share=share)
+    second = [make_image(cfg, index)[1][1] for index in range(250)]
+    absent = np.mean([record["kind"] == "absent" for record in second])
+    assert abs(absent - share) < 0.09
+
+
+def test_cli_rejects_an_absent_share_outside_0_to_1(tmp_path):
+    with pytest.raises(KilnError, match="--absent-share must be in \\[0, 1\\], got 1.5"):
+        _run_cli("vlm", "data", "--out", str(tmp_path / "new"), "--n", "5", "--absent-share", "1.5")
 
 
 def test_rle_round_trips_row_major():

@@ -23,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(default 0.05)")
     d.add_argument("--test-n", type=int, default=None, help="held-out test images (default N/20, at least 1)")
     d.add_argument("--questions", type=int, default=2, metavar="Q", help="questions per image (default 2)")
+    d.add_argument("--absent-share", type=float, default=0.1, metavar="P",
+                   help="chance that a question after an image's first asks about something absent (default 0.1)")
     d.add_argument("--workers", type=int, default=1, help="processes drawing images (default 1)")
     d.set_defaults(func=run_data)
 
@@ -73,7 +75,8 @@ def run_data(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()):
         raise KilnError(f"--out {out} is not empty; pick a new folder or delete it")
     cfg = SynthConfig(n=args.n, seed=args.seed, size=args.size, val_fraction=args.val_fraction,
-                      test_n=args.test_n, questions_per_image=args.questions)
+                      test_n=args.test_n, questions_per_image=args.questions,
+                      absent_share=args.absent_share)
     start = time.perf_counter()
     with tqdm(total=cfg.n + cfg.test_images, unit="image", desc="vlm data") as bar:
         stats = write_dataset(cfg, out, workers=args.workers, progress=bar.update)
@@ -98,6 +101,8 @@ def _check_data_args(args: argparse.Namespace) -> None:
         raise KilnError(f"--test-n must be 0 or more, got {args.test_n}")
     if args.questions < 1:
         raise KilnError(f"--questions must be 1 or more, got {args.questions}")
+    if not 0 <= args.absent_share <= 1:
+        raise KilnError(f"--absent-share must be in [0, 1], got {args.absent_share}")
     if args.workers < 1:
         raise KilnError(f"--workers must be 1 or more, got {args.workers}")
 

@@ -64,6 +64,7 @@ class SynthConfig:
     max_count: int = 10
     max_objects: int = 12
     max_distractors: int = 6
+    absent_share: float = 0.1  # chance that a further question's target is absent from the image
     held_out: tuple[tuple[str, str], ...] = DEFAULT_HELD_OUT
 
     @property
@@ -140,7 +141,7 @@ def _sample_target(rng: np.random.Generator, combos: list[tuple[str, str]]) -> T
 
 def second_target(rng: np.random.Generator, scene: Scene, split: str, cfg: SynthConfig,
                   exclude: list[Target]) -> Target:
-    """A target for a further question. One time in ten it is absent from the scene (never a held-out pair
+    """A target for a further question. With chance `absent_share` it is absent from the scene (never a held-out pair
     outside test, which would teach that those pairs do not exist); otherwise one of the counts the scene's
     targets have, with odds proportional to the count, then a target with that count: most pairs in a scene
     occur once, and uniform picks would flood the data with counts of 1."""
@@ -148,7 +149,7 @@ def second_target(rng: np.random.Generator, scene: Scene, split: str, cfg: Synth
     for target in sorted(_present_targets(scene) - set(exclude), key=_target_key):
         by_count.setdefault(len(_targets_in(scene, target)), []).append(target)
     by_count = {count: targets for count, targets in by_count.items() if count <= cfg.max_count}
-    if rng.random() >= 0.1 and by_count:
+    if rng.random() >= cfg.absent_share and by_count:
         counts = sorted(by_count)
         weights = np.array(counts, dtype=np.float64) / sum(counts)
         return _choice(rng, by_count[counts[int(rng.choice(len(counts), p=weights))]])
@@ -292,6 +293,7 @@ def _meta(cfg: SynthConfig, stats: dict[str, SplitStats]) -> dict:
     return {"generator": "kiln.vlm.synth", "version": GENERATOR_VERSION, "seed": cfg.seed, "n": cfg.n,
             "val_n": cfg.val_n, "test_n": cfg.test_images, "image_size": [cfg.size, cfg.size],
             "questions_per_image": cfg.questions_per_image, "max_count": cfg.max_count,
+            "absent_share": cfg.absent_share,
             "colours": {name: list(rgb) for name, rgb in COLOURS.items()}, "shapes": list(SHAPES),
             "held_out": [list(combo) for combo in cfg.held_out],
             "points": "percent of width and height, (x, y), 0-100, sorted by x then y",
