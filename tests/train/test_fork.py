@@ -74,3 +74,18 @@ def test_init_from_an_incomplete_checkpoint_is_refused_by_name(tiny_dataset, tmp
                       checkpoint={"init_from": str(tmp_path / "main" / "step000003")})
     with pytest.raises(KilnError, match="checkpoint.init_from=.*step000003.*not a complete checkpoint"):
         train(cfg)
+
+
+def test_a_fork_starts_the_data_afresh_when_told_to(tiny_dataset, tmp_path):
+    """init_data_position=false: weights, optimizer and step come from the fork, the batches from the data's start."""
+    train(tiny_config(tiny_dataset, tmp_path / "main", trainer={"steps": 3}, checkpoint={"every": 0}))
+    fresh = train(tiny_config(tiny_dataset, tmp_path / "fresh", trainer={"steps": 2}, checkpoint={"every": 0}))
+    fork = {"every": 0, "init_from": str(tmp_path / "main" / "step000003")}
+    on = train(tiny_config(tiny_dataset, tmp_path / "on", trainer={"steps": 5}, checkpoint=fork))
+    afresh = train(tiny_config(tiny_dataset, tmp_path / "afresh", trainer={"steps": 5},
+                               checkpoint={**fork, "init_data_position": False}))
+    assert afresh.trainer.state.step == on.trainer.state.step == 5
+    position = {name: run.train_loader.state_dict()["position"] for name, run in
+                [("fresh", fresh), ("on", on), ("afresh", afresh)]}
+    assert position["afresh"] == position["fresh"] != position["on"]
+    assert _final(tmp_path / "afresh")[0]["loss"] != _final(tmp_path / "on")[0]["loss"]

@@ -172,6 +172,18 @@ def test_cli_rejects_an_absent_share_outside_0_to_1(tmp_path):
         _run_cli("vlm", "data", "--out", str(tmp_path / "new"), "--n", "5", "--absent-share", "1.5")
 
 
+def test_tokenizer_flag_copies_another_datasets_tokenizer(dataset, tmp_path):
+    """A second dataset for a model trained on the first must spell text with the first's tokenizer."""
+    out = tmp_path / "more"
+    assert _run_cli("vlm", "data", "--out", str(out), "--n", "6", "--seed", "8", "--test-n", "2",
+                    "--tokenizer", str(dataset / "tokenizer.json")) == 0
+    assert (out / "tokenizer.json").read_bytes() == (dataset / "tokenizer.json").read_bytes()
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(KilnError, match="--tokenizer .*bad.json is not a readable tokenizer.json"):
+        _run_cli("vlm", "data", "--out", str(tmp_path / "x"), "--n", "5", "--tokenizer", str(tmp_path / "bad.json"))
+    assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
 def test_rle_round_trips_row_major():
     mask = np.zeros((3, 4), dtype=bool)
     mask[0, 0] = mask[0, 1] = mask[2, 3] = True

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from kiln.cli import main
-from kiln.vlm.batches import write_tokenizer
+from kiln.vlm.batches import TOKENIZER_FILE, write_tokenizer
 from kiln.vlm.synth import SynthConfig, load_split, write_dataset
 from kiln.vlm.train import build_vlm_run, load_vlm_config
 
@@ -80,6 +81,21 @@ def test_the_chunked_loss_scores_the_answers_alone_as_whole_logits_do(data, tmp_
     for a, b in zip(_metrics(tmp_path / "whole"), _metrics(tmp_path / "chunked"), strict=True):
         for key in ("loss", "z_loss", "object_loss", "grad_norm"):
             assert b[key] == pytest.approx(a[key], rel=1e-5), key
+
+
+def test_a_run_continues_on_new_data_from_another_runs_checkpoint(data, tmp_path, capsys):
+    """A fork onto a second dataset (same tokenizer, other images): refused while it would take the old data
+    position, which names the way out; with init_data_position=false it carries the weights and step on."""
+    other = tmp_path / "other"
+    write_dataset(SynthConfig(n=30, seed=6, size=48, test_n=6), other)
+    shutil.copy(data / TOKENIZER_FILE, other / TOKENIZER_FILE)
+    assert _train(data, tmp_path / "first", 4) == 0
+    fork = [f"--checkpoint.init_from={tmp_path / 'first' / 'step000004'}"]
+    assert _train(other, tmp_path / "refused", 6, *fork) == 2
+    assert "checkpoint.init_data_position=false" in capsys.readouterr().err
+    assert _train(other, tmp_path / "second", 6, *fork, "--checkpoint.init_data_position=false") == 0
+    assert [m["step"] for m in _metrics(tmp_path / "second")] == [5, 6]
+    assert len(load_split(other, "train")) != len(load_split(data, "train"))
 
 
 def test_eval_writes_scores_answers_and_a_gallery_and_point_draws(data, tmp_path, capsys):

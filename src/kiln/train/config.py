@@ -116,6 +116,8 @@ class CheckpointConfig:
     keep_steps: list[int] = field(default_factory=list)  # steps also saved and never pruned (a ladder's branch points)
     init_from: str | None = None  # a step folder to start from when run_dir has no checkpoint (a fork: weights,
     #                                optimizer, data position and step, as if resumed; a ladder's decay branch)
+    init_data_position: bool = True  # with init_from, go on from its data position; false: start the data from
+    #                                    its beginning (new data to continue on; weights, optimizer, step carry over)
 
     def validate(self) -> None:
         require_non_negative(self, "checkpoint", "every", "keep_last")

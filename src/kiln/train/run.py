@@ -247,7 +247,8 @@ def maybe_resume(cfg: TrainConfig, resume: bool | None, model_cfg: ModelConfig, 
     finish_interrupted_rollback(run_dir)  # a kill during a rollback may have left its discarded checkpoints
     path = newest_valid_checkpoint(run_dir, list_step_dirs, hashes=cfg.checkpoint.verify_hashes,
                                    allow_fresh=cfg.checkpoint.allow_fresh)
-    if path is None and cfg.checkpoint.init_from:
+    forked = path is None and bool(cfg.checkpoint.init_from)
+    if forked:
         path = fork_source(Path(cfg.checkpoint.init_from), cfg.checkpoint.verify_hashes)
     if path is None:
         if resume:
@@ -263,13 +264,27 @@ def maybe_resume(cfg: TrainConfig, resume: bool | None, model_cfg: ModelConfig, 
     trainer.state.step, trainer.state.tokens = state["step"], state["tokens"]
     trainer.state.lr_scale, trainer.state.rollbacks = state.get("lr_scale", 1.0), state.get("rollbacks", 0)
     carry_rollback_state(run_dir, trainer.state)  # a rollback after this checkpoint still counts
-    loader.load_state_dict(state["loader"])
+    if forked and not cfg.checkpoint.init_data_position:
+        log.info("data from its beginning (checkpoint.init_data_position=false)")
+    else:
+        load_data_position(loader, state["loader"], cfg.checkpoint.init_from if forked else None)
     for name, callback in stateful.items():
         if name in state.get("callbacks", {}):
             callback.load_state_dict(state["callbacks"][name])
     trainer.batches = iter(loader)
     log.info("resumed from %s at step %d", path, state["step"])
     return path
+
+
+def load_data_position(loader, state: dict, fork: str | None) -> None:
+    """The loader goes on where the checkpoint's stopped; a fork onto other data is told how to start it afresh."""
+    try:
+        loader.load_state_dict(state)
+    except (KilnError, ValueError) as err:
+        if fork is None:
+            raise
+        raise KilnError(f"checkpoint.init_from={fork!r}: {err}. To continue it on other data, set "
+                        "checkpoint.init_data_position=false") from err
 
 
 def fork_source(path: Path, hashes: bool) -> Path:

@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--questions", type=int, default=2, metavar="Q", help="questions per image (default 2)")
     d.add_argument("--absent-share", type=float, default=0.1, metavar="P",
                    help="chance that a question after an image's first asks about something absent (default 0.1)")
+    d.add_argument("--tokenizer", default=None, metavar="JSON", help="copy this tokenizer.json (e.g. another "
+                   "dataset's, to continue a model trained on it) instead of training a BPE on this one's text")
     d.add_argument("--workers", type=int, default=1, help="processes drawing images (default 1)")
     d.set_defaults(func=run_data)
 
@@ -61,13 +63,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_data(args: argparse.Namespace) -> int:
+    import shutil
     import time
     from pathlib import Path
 
     from tqdm import tqdm
 
     from kiln.errors import KilnError
-    from kiln.vlm.batches import write_tokenizer
+    from kiln.vlm.batches import TOKENIZER_FILE, write_tokenizer
     from kiln.vlm.synth import SPLITS, SynthConfig, load_split, write_dataset
 
     _check_data_args(args)
@@ -80,7 +83,10 @@ def run_data(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with tqdm(total=cfg.n + cfg.test_images, unit="image", desc="vlm data") as bar:
         stats = write_dataset(cfg, out, workers=args.workers, progress=bar.update)
-    write_tokenizer(out, load_split(out, "train"))  # the folder carries its tokenizer, as a prepared dataset does
+    if args.tokenizer:  # checked readable before any image was drawn
+        shutil.copyfile(args.tokenizer, out / TOKENIZER_FILE)
+    else:  # the folder carries its tokenizer, as a prepared dataset does
+        write_tokenizer(out, load_split(out, "train"))
     questions = ", ".join(f"{split} {stats[split].questions}" for split in SPLITS)
     images = sum(s.images for s in stats.values())
     print(f"wrote {out}: {images} images; questions: {questions}; {time.perf_counter() - start:.1f} s")
@@ -103,8 +109,21 @@ def _check_data_args(args: argparse.Namespace) -> None:
         raise KilnError(f"--questions must be 1 or more, got {args.questions}")
     if not 0 <= args.absent_share <= 1:
         raise KilnError(f"--absent-share must be in [0, 1], got {args.absent_share}")
+    if args.tokenizer:
+        _check_tokenizer(args.tokenizer)
     if args.workers < 1:
         raise KilnError(f"--workers must be 1 or more, got {args.workers}")
+
+
+def _check_tokenizer(path: str) -> None:
+    from tokenizers import Tokenizer
+
+    from kiln.errors import KilnError
+
+    try:
+        Tokenizer.from_file(path)
+    except Exception as err:  # tokenizers raises its own Exception type for a missing or malformed file
+        raise KilnError(f"--tokenizer {path} is not a readable tokenizer.json: {err}") from err
 
 
 def run_train(args: argparse.Namespace) -> int:
