@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +183,31 @@ def test_tokenizer_flag_copies_another_datasets_tokenizer(dataset, tmp_path):
     with pytest.raises(KilnError, match="--tokenizer .*bad.json is not a readable tokenizer.json"):
         _run_cli("vlm", "data", "--out", str(tmp_path / "x"), "--n", "5", "--tokenizer", str(tmp_path / "bad.json"))
     assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
+def test_the_first_target_is_often_outnumbered_by_a_distractor_group():
+    """Distractors come in groups, so pointing at the largest group is no substitute for reading the question
+    (drawn one by one, as in generator version 3, the target outnumbered every other pair in 90% of images)."""
+    cfg = SynthConfig(n=1000)
+    outnumbered = present = 0
+    for index in range(600):
+        target, specs = plan_scene(np.random.default_rng([0, index]), "train", cfg)
+        groups = Counter(specs)
+        count = sum(n for pair, n in groups.items() if target.matches(*pair))
+        rivals = [n for pair, n in groups.items() if not target.matches(*pair)]
+        if count:
+            present += 1
+            outnumbered += max(rivals, default=0) >= count
+    assert outnumbered / present > 0.2
+
+
+def test_further_questions_often_ask_about_other_objects():
+    """One image, questions about disjoint sets of objects: the image alone does not say what to point at."""
+    cfg = SynthConfig(n=1000, absent_share=0.0)
+    pairs = [make_image(cfg, index)[1] for index in range(300)]
+    disjoint = [not {tuple(p) for p in first["points"]} & {tuple(p) for p in second["points"]}
+                for first, second in pairs if first["count"] and second["count"]]
+    assert np.mean(disjoint) > 0.4
 
 
 def test_rle_round_trips_row_major():

@@ -34,7 +34,8 @@ from PIL import Image
 from kiln.vlm.points import NONE_ANSWER, format_count, format_points
 from kiln.vlm.scenes import COLOURS, SHAPES, Scene, SceneConfig, draw_scene
 
-GENERATOR_VERSION = 3  # 2: records say which kind of question was asked ("asked"); 3: count answers point first
+GENERATOR_VERSION = 4  # 2: records say which kind of question was asked ("asked"); 3: count answers point first;
+#                       4: distractors in groups (`plan_scene`)
 SPLITS = ("train", "val", "test")
 KINDS = ("point", "count", "count_point")  # plus "absent", for any kind whose target is not in the image
 DEFAULT_HELD_OUT: tuple[tuple[str, str], ...] = (
@@ -63,7 +64,7 @@ class SynthConfig:
     questions_per_image: int = 2
     max_count: int = 10
     max_objects: int = 12
-    max_distractors: int = 6
+    max_distractors: int = 8
     absent_share: float = 0.1  # chance that a further question's target is absent from the image
     held_out: tuple[tuple[str, str], ...] = DEFAULT_HELD_OUT
 
@@ -114,7 +115,9 @@ def _choice(rng: np.random.Generator, items: list):
 
 def plan_scene(rng: np.random.Generator, split: str, cfg: SynthConfig) -> tuple[Target, list[tuple[str, str]]]:
     """The first question's target and the scene's objects: `count` targets (uniform in 0..max_count; 1.. in
-    test, whose target is a held-out pair) plus distractors that do not match it, half of them near misses."""
+    test, whose target is a held-out pair) plus distractors that do not match it, in groups of one (colour, shape)
+    pair each, half of the groups near misses. With distractors drawn one by one (version 3) the target was the
+    largest group in 90% of images, and a model could point at the largest group without reading the question."""
     combos = allowed_combos(split, cfg)
     if split == "test":
         target, count = Target(*_choice(rng, list(cfg.held_out))), int(rng.integers(1, cfg.max_count + 1))
@@ -125,9 +128,12 @@ def plan_scene(rng: np.random.Generator, split: str, cfg: SynthConfig) -> tuple[
     near = [combo for combo in others if combo[0] == target.colour or combo[1] == target.shape] or others
     low = 1 if count == 0 else 0
     high = max(low, min(cfg.max_objects - count, cfg.max_distractors))
-    distractors = int(rng.integers(low, high + 1))
     specs = [_choice(rng, matching) for _ in range(count)]
-    specs += [_choice(rng, near if rng.random() < 0.5 else others) for _ in range(distractors)]
+    remaining = int(rng.integers(low, high + 1))
+    while remaining:  # distractors come in groups of one pair, so the target is often not the largest group
+        size = int(rng.integers(1, remaining + 1))
+        specs += [_choice(rng, near if rng.random() < 0.5 else others)] * size
+        remaining -= size
     return target, specs
 
 
@@ -144,9 +150,15 @@ def second_target(rng: np.random.Generator, scene: Scene, split: str, cfg: Synth
     """A target for a further question. With chance `absent_share` it is absent from the scene (never a held-out pair
     outside test, which would teach that those pairs do not exist); otherwise one of the counts the scene's
     targets have, with odds proportional to the count, then a target with that count: most pairs in a scene
-    occur once, and uniform picks would flood the data with counts of 1."""
+    occur once, and uniform picks would flood the data with counts of 1. Half the time (version 4) only targets
+    sharing no object with the earlier questions' are eligible, so one image is asked about different objects and
+    the answer cannot be read off the image alone."""
+    present = sorted(_present_targets(scene) - set(exclude), key=_target_key)
+    if rng.random() < 0.5:
+        asked = {i for target in exclude for i in _targets_in(scene, target)}
+        present = [target for target in present if not asked & set(_targets_in(scene, target))] or present
     by_count: dict[int, list[Target]] = {}
-    for target in sorted(_present_targets(scene) - set(exclude), key=_target_key):
+    for target in present:
         by_count.setdefault(len(_targets_in(scene, target)), []).append(target)
     by_count = {count: targets for count, targets in by_count.items() if count <= cfg.max_count}
     if rng.random() >= cfg.absent_share and by_count:
