@@ -341,12 +341,18 @@ def _finish(run: Run, owns_group: bool) -> Run:
     return run
 
 
+def start_point(run: Run) -> str:
+    """Where the run starts: from scratch, resuming its own checkpoint, or from another run's (a fork)."""
+    if run.resumed_from is None:
+        return "from scratch"
+    if run.cfg.checkpoint.init_from and run.resumed_from == Path(run.cfg.checkpoint.init_from):
+        return f"starting from {run.resumed_from} (checkpoint.init_from)"
+    return f"resuming {run.resumed_from}"
+
+
 def print_header(run: Run) -> None:
     """What is about to run, where, and what changed since the run's last start."""
-    cfg, ranks = run.cfg, distributed.world_size()
-    where = f"resuming {run.resumed_from}" if run.resumed_from else "from scratch"
-    if run.resumed_from and cfg.checkpoint.init_from and run.resumed_from == Path(cfg.checkpoint.init_from):
-        where = f"starting from {run.resumed_from} (checkpoint.init_from)"
+    cfg, ranks, where = run.cfg, distributed.world_size(), start_point(run)
     n_params = sum(p.numel() for p in run.model.parameters())
     print(f"kiln train: {run.model.cfg.n_layers}-layer model, {n_params:,} parameters, {cfg.trainer.steps} "
           f"steps of {cfg.tokens_per_step * ranks:,} tokens on {ranks} rank(s), run folder {run.run_dir} "

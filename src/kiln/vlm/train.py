@@ -30,6 +30,7 @@ from kiln.train.run import (
     pick_device,
     resolve_loss_chunk,
     settle_precision,
+    start_point,
     wrap_blocks,
 )
 from kiln.train.trainer import Callback, Trainer
@@ -180,7 +181,7 @@ def header(run: Run) -> str:
     cfg, model = run.cfg, run.model
     vision, text = model.cfg.vision, model.cfg.text
     n_params = sum(p.numel() for p in model.parameters())
-    where = f"resuming {run.resumed_from}" if run.resumed_from else "from scratch"
+    where = start_point(run)
     return (f"kiln vlm train: {n_params:,} parameters ({vision.stem} stem, ViT {vision.n_layers} x {vision.d_model}, "
             f"{vision.image_tokens} image tokens; decoder {text.n_layers} x {text.d_model}), {cfg.trainer.steps} "
             f"steps of {cfg.trainer.micro_batch_size} questions, data {cfg.data.paths[0]}, run folder {run.run_dir} "
