@@ -8,7 +8,7 @@ import torch
 
 from kiln.model.config import ModelConfig
 from kiln.model.presets import PRESETS
-from kiln.vlm.diagnose import landings, object_head_accuracy, point_errors
+from kiln.vlm.diagnose import landings, object_head_accuracy, point_errors, question_reading
 from kiln.vlm.model import N_COLOURS, VLM, VisionConfig, VLMConfig
 from kiln.vlm.synth import encode_rle
 
@@ -82,3 +82,18 @@ def test_the_object_head_is_scored_at_the_patches_that_hold_a_point(tmp_path):
     out = object_head_accuracy(model, tmp_path, records)
     assert out["images"] == 1 and out["patches"] == 3
     assert out["colour"] == pytest.approx(2 / 3) and out["shape"] == pytest.approx(1 / 3)
+
+
+def test_question_reading_counts_answers_that_ignore_the_question():
+    star = {**_record({"colour": "red", "shape": "star"}, OBJECTS, [0]), "image": "a.png", "count": 1}
+    circle = {**_record({"colour": "red", "shape": "circle"}, OBJECTS, [1]), "image": "a.png", "count": 1}
+    absent = {**_record({"colour": "blue", "shape": "circle"}, OBJECTS, []), "image": "a.png", "count": 0}
+    other = {**_record({"colour": "red", "shape": "star"}, OBJECTS, [0]), "image": "b.png", "count": 1}
+    on_star = '<point x="25.0" y="25.0" alt="red star">red star</point>'
+    on_circle = '<point x="75.0" y="25.0" alt="red circle">red circle</point>'
+    # image a: three questions, three pairs with different truths; the star's points given twice (to the star and
+    # to the absent blue circle), so one pair of three; image b's lone question pairs with nothing
+    out = question_reading([star, circle, absent, other], [on_star, on_circle, on_star, on_star])
+    assert out == {"pairs": 3, "same_points": pytest.approx(1 / 3), "absent": 1, "none_said": 0.0}
+    out = question_reading([star, circle, absent], [on_star, on_star, "There are none."])
+    assert out == {"pairs": 3, "same_points": pytest.approx(1 / 3), "absent": 1, "none_said": 1.0}

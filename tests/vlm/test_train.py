@@ -117,7 +117,8 @@ def test_eval_writes_scores_answers_and_a_gallery_and_point_draws(data, tmp_path
     pointing = sum(r["asked"] in ("point", "count_point") for r in test)
     assert diagnosis["points"]["answers"] == pointing and sum(diagnosis["points"]["number"].values()) == 1
     assert diagnosis["vision"]["images"] == len({r["image"] for r in test})
-    assert "why pointing misses" in printed and "ViT object head alone" in printed
+    assert "why pointing misses" in printed and "ViT object head alone" in printed and "reads the question" in printed
+    assert diagnosis["reading"]["absent"] == sum(r["count"] == 0 for r in test)
     answers = (tmp_path / "eval" / "answers.jsonl").read_text().splitlines()
     assert [json.loads(a)["id"] for a in answers] == [r["id"] for r in test]
     assert (tmp_path / "eval" / "gallery.html").read_text().count("<img ") == len(test)

@@ -8,6 +8,7 @@ right kind of object but too many or too few of them point at the decoder.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 from kiln.vlm.batches import load_image, object_labels
 from kiln.vlm.metrics import hit_points
 from kiln.vlm.model import VLM
-from kiln.vlm.points import parse_points
+from kiln.vlm.points import NONE_ANSWER, parse_points
 from kiln.vlm.synth import record_masks
 
 NEAR = 10.0  # percent of the image: a wrong point farther than this from every object's point is "background"
@@ -42,6 +43,26 @@ def point_errors(records: list[dict], answers: list[str]) -> dict:
             "number": {k: number[k] / answered if answered else 0.0 for k in ("right", "too_many", "too_few",
                                                                                "malformed")},
             "landing": {k: landed[k] / points if points else 0.0 for k in LANDINGS}}
+
+
+def question_reading(records: list[dict], answers: list[str]) -> dict:
+    """Whether answers follow the question or only the image: over pairs of questions about one image whose true
+    points differ, the share where the model gives both the same (non-empty) points; and the share of questions
+    about something absent answered "There are none." (a model that points at whatever stands out says it never)."""
+    by_image: dict[str, list[tuple[dict, str]]] = {}
+    for record, text in zip(records, answers, strict=True):
+        by_image.setdefault(record["image"], []).append((record, text))
+    pairs = same = 0
+    for asked in by_image.values():
+        for (first, a), (second, b) in itertools.combinations(asked, 2):
+            if sorted(map(tuple, first["points"])) != sorted(map(tuple, second["points"])):
+                pairs += 1
+                pa, pb = parse_points(a), parse_points(b)
+                same += bool(pa) and sorted(pa) == sorted(pb or [])
+    absent = [text for record, text in zip(records, answers, strict=True) if record["count"] == 0]
+    said = sum(text.strip() == NONE_ANSWER for text in absent)
+    return {"pairs": pairs, "same_points": same / pairs if pairs else 0.0,
+            "absent": len(absent), "none_said": said / len(absent) if absent else 0.0}
 
 
 def landings(record: dict, pred: list[tuple[float, float]]) -> list[str]:

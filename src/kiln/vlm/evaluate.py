@@ -16,10 +16,10 @@ from tokenizers import Tokenizer
 from kiln.data.tokenizer import eos_id
 from kiln.generate.sampling import generate
 from kiln.vlm.batches import SEPARATOR, load_image
-from kiln.vlm.diagnose import object_head_accuracy, point_errors
+from kiln.vlm.diagnose import object_head_accuracy, point_errors, question_reading
 from kiln.vlm.metrics import aggregate_point_scores, counting_scores, point_scores
 from kiln.vlm.model import VLM
-from kiln.vlm.points import parse_count, parse_points
+from kiln.vlm.points import NONE_ANSWER, parse_count, parse_points
 from kiln.vlm.synth import record_masks
 
 POINTING = ("point", "count_point")
@@ -107,7 +107,8 @@ def diagnosis(model: VLM, directory: str | Path, records: list[dict], answers: l
     """Which part fails (kiln.vlm.diagnose): the pointing answers' errors, and the ViT's object head alone."""
     pointed = [(r, a) for r, a in zip(records, answers, strict=True) if r["asked"] in POINTING]
     out = {"points": point_errors(*map(list, zip(*pointed, strict=True))) if pointed else None}
-    return {**out, "vision": object_head_accuracy(model, directory, records)}
+    return {**out, "reading": question_reading(records, answers),
+            "vision": object_head_accuracy(model, directory, records)}
 
 
 def unseen_pairs(directory: str | Path) -> set[tuple[str, str]]:
@@ -140,6 +141,11 @@ def _diagnosis_lines(diagnosis: dict) -> list[str]:
         landing = "  ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in points["landing"].items())
         lines += [f"why pointing misses ({points['answers']} answers, {points['points']} points)",
                   f"number of points  {number}", f"points landing    {landing}"]
+    if diagnosis.get("reading"):
+        reading = diagnosis["reading"]
+        lines.append(f"reads the question: same points for two questions about one image with different answers "
+                     f"{reading['same_points']:.2f} ({reading['pairs']} pairs); \"{NONE_ANSWER}\" for absent "
+                     f"targets {reading['none_said']:.2f} ({reading['absent']})")
     if diagnosis.get("vision"):
         vision = diagnosis["vision"]
         lines.append(f"ViT object head alone, at the {vision['patches']} patches holding a point: colour "
