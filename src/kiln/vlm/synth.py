@@ -35,7 +35,8 @@ from kiln.vlm.points import NONE_ANSWER, format_count, format_points
 from kiln.vlm.scenes import COLOURS, SHAPES, Scene, SceneConfig, draw_scene
 
 GENERATOR_VERSION = 4  # 2: records say which kind of question was asked ("asked"); 3: count answers point first;
-#                       4: distractors in groups (`plan_scene`)
+#                       4: distractors in groups, up to 8 (`plan_scene`); further questions often about other
+#                          objects than the first (`second_target`)
 SPLITS = ("train", "val", "test")
 KINDS = ("point", "count", "count_point")  # plus "absent", for any kind whose target is not in the image
 DEFAULT_HELD_OUT: tuple[tuple[str, str], ...] = (
