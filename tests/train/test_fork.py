@@ -89,3 +89,18 @@ def test_a_fork_starts_the_data_afresh_when_told_to(tiny_dataset, tmp_path):
                 [("fresh", fresh), ("on", on), ("afresh", afresh)]}
     assert position["afresh"] == position["fresh"] != position["on"]
     assert _final(tmp_path / "afresh")[0]["loss"] != _final(tmp_path / "on")[0]["loss"]
+
+
+def test_a_fork_on_fresh_data_resumes_its_own_position_after_a_stop(tiny_dataset, tmp_path):
+    """Once the fork has a checkpoint of its own, a restart resumes that (its data position included), so a stop
+    and resume trains exactly as one uninterrupted fork does."""
+    train(tiny_config(tiny_dataset, tmp_path / "main", trainer={"steps": 3}, checkpoint={"every": 0}))
+    fork = {"every": 1, "init_from": str(tmp_path / "main" / "step000003"), "init_data_position": False}
+    common = dict(schedule={"name": "constant", "warmup": 0}, eval={"every": 0})
+    train(tiny_config(tiny_dataset, tmp_path / "whole", trainer={"steps": 7}, checkpoint=fork, **common))
+    train(tiny_config(tiny_dataset, tmp_path / "stopped", trainer={"steps": 5}, checkpoint=fork, **common))
+    again = train(tiny_config(tiny_dataset, tmp_path / "stopped", trainer={"steps": 7}, checkpoint=fork, **common))
+    assert again.resumed_from == tmp_path / "stopped" / "step000005"
+    losses = {name: [json.loads(line)["loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+              for name in ("whole", "stopped")}
+    assert losses["stopped"] == losses["whole"] and len(losses["whole"]) == 4
