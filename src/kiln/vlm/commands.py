@@ -116,13 +116,16 @@ def _check_data_args(args: argparse.Namespace) -> None:
 
 
 def _check_tokenizer(path: str) -> None:
-    from tokenizers import Tokenizer
+    from pathlib import Path
 
+    from kiln.data.tokenizer import load_tokenizer
     from kiln.errors import KilnError
 
     try:
-        Tokenizer.from_file(path)
-    except Exception as err:  # tokenizers raises its own Exception type for a missing or malformed file
+        if not Path(path).is_file():
+            raise KilnError("not a file")
+        load_tokenizer(path)
+    except KilnError as err:
         raise KilnError(f"--tokenizer {path} is not a readable tokenizer.json: {err}") from err
 
 
