@@ -188,3 +188,23 @@ def test_chunked_loss_on_two_ranks_matches_whole_logits_on_one(runs, tiny_datase
     config["trainer"]["loss_chunk"] = 5  # rows: several blocks per micro-batch, the last one short
     run_ranks(TRAIN, {"config": config})
     _assert_same_training(runs["single"], tmp_path / strategy)
+
+
+def test_a_data_afresh_fork_on_two_fsdp_ranks_trains_as_on_one(runs, tiny_dataset, tmp_path):
+    """checkpoint.init_data_position=false under FSDP: every rank starts its slice of the data from the beginning,
+    so two ranks train the fork exactly as one process does, checkpoints and evaluations at step 6 included."""
+    fork = {"init_from": str(runs["single"] / "step000003"), "init_data_position": False}
+    configs = {name: _config(tiny_dataset, tmp_path / name, micro=micro, **distributed)
+               for name, micro, distributed in (("one", 4, {}), ("two", 2, {"strategy": "fsdp"}))}
+    for config in configs.values():
+        config["checkpoint"].update(fork)
+    train(load_config(None, configs["one"]))
+    run_ranks(TRAIN, {"config": configs["two"]})
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert [m["step"] for m in one] == [m["step"] for m in two] == [4, 5, 6]
+    for x, y in zip(one, two, strict=True):
+        for key in ("loss", "grad_norm"):
+            assert abs(x[key] - y[key]) < 1e-5, (x["step"], key)
+    assert two[-1]["val_loss"] == pytest.approx(one[-1]["val_loss"], abs=1e-5)
+    resumed = [m["loss"] for m in _metrics(runs["single"]) if m["step"] > 3]
+    assert resumed != [m["loss"] for m in one]  # the data did start afresh, not where the source run stopped
