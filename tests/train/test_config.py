@@ -151,3 +151,22 @@ def test_text_that_is_no_number_is_still_refused(tmp_path):
     with pytest.raises(ConfigKeyError, match="trainer.steps"):
         load_config(None, ["--trainer.steps=2.5e0"])
     assert load_config(None, ["--eval.prompts=[1e-3]"]).eval.prompts == ["1e-3"]
+
+
+def test_a_new_preset_on_the_command_line_is_that_preset_whole(caplog):
+    """The main job's model fields (2 layers, init 0.06) were chosen for its preset: naming another one drops them,
+    says so, and keeps the fields set alongside the new preset."""
+    from kiln.model.presets import preset
+    from kiln.train.config import MAIN_JOB_RECIPE
+
+    main = load_config(MAIN_JOB_RECIPE).model.build(vocab_size=8192)
+    with caplog.at_level(logging.INFO, logger="kiln.train"):
+        other = load_config(MAIN_JOB_RECIPE, ["--model.preset=olmo2-150m"]).model.build(vocab_size=8192)
+    assert other == preset("olmo2-150m", vocab_size=8192)
+    assert (main.n_layers, main.init_std) != (other.n_layers, other.init_std)
+    assert "dropped the model fields set for olmo2-tiny" in caplog.text and "n_layers=" in caplog.text
+
+    deeper = load_config(MAIN_JOB_RECIPE, ["--model.preset=olmo2-150m", "--model.n_layers=3"]).model.build(8192)
+    assert deeper == preset("olmo2-150m", vocab_size=8192, n_layers=3)
+    same = load_config(MAIN_JOB_RECIPE, ["--model.preset=olmo2-tiny"]).model.build(vocab_size=8192)
+    assert same == main
