@@ -6,6 +6,7 @@
 #   2. a real `kiln train` on the GPU (olmo2-150m on the built-in corpus) that is killed with SIGKILL after its
 #      first checkpoint and resumed, then checked: one metrics line per step, no gap, no repeat.
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR]   (default $OUT or /tmp/kiln-gpu-check)
+# Each of the four benchmark runs is cut at BENCH_TIMEOUT seconds (150), the resumed real run at RUN_TIMEOUT (150).
 # Dry run of the script itself on a CPU (small shapes, seconds per step):
 #   DEVICE=cpu PRESET=olmo2-tiny SEQ=128 MICRO=2 RUN_PRESET=olmo2-tiny RUN_SEQ=64 RUN_STEPS=40 bash benchmarks/gpu_check.sh
 set -euo pipefail
@@ -27,13 +28,16 @@ warmup=${WARMUP:-3}
 preset=${PRESET:-olmo2-1b}
 seq=${SEQ:-4096}
 micro=${MICRO:-4}
+# the built-in corpus is tokenized once here, outside the runs' timeouts (the first GPU check lost three of its four
+# runs to a 112-s tokenization when that was done by spawned workers inside each run)
+python -c "from kiln.data.prepare import builtin_dataset; print('# data:', builtin_dataset(progress=False))"
 : > "$out/throughput.jsonl"
 for compile in on off; do
   for chunk in 0 auto; do
     flag=""
     [ "$compile" = off ] && flag="--no-compile"
     echo "# $preset compile=$compile loss_chunk=$chunk" >&2
-    timeout 150 python benchmarks/bench_fsdp_gpu.py --steps "$steps" --warmup "$warmup" --loss-chunk "$chunk" \
+    timeout "${BENCH_TIMEOUT:-150}" python benchmarks/bench_fsdp_gpu.py --steps "$steps" --warmup "$warmup" --loss-chunk "$chunk" \
       --device "$device" --preset "$preset" --seq-len "$seq" --micro-batch "$micro" $flag | tee -a "$out/throughput.log" | grep '^{' >> "$out/throughput.jsonl" \
       || echo "{\"compile\": \"$compile\", \"loss_chunk\": \"$chunk\", \"failed\": true}" >> "$out/throughput.jsonl"
   done

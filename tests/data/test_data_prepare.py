@@ -142,3 +142,4 @@ def test_builtin_dataset_is_prepared_once_then_reused(tmp_path, corpus_dir, monk
     assert builtin_dataset(progress=False) == first
     assert (first / "dataset.json").stat().st_mtime_ns == stamp
     assert TokenDataset.open(first).num_documents == 6
+    assert json.loads((first / "dataset.json").read_text())["args"]["workers"] == 0  # no spawned workers to wait for
