@@ -33,7 +33,7 @@ micro=${MICRO:-4}
 python -c "from kiln.data.prepare import builtin_dataset; print('# data:', builtin_dataset(progress=False))"
 : > "$out/throughput.jsonl"
 for compile in on off; do
-  for chunk in 0 auto; do
+  for chunk in 0 1024; do  # whole logits, 1024-row blocks (auto picks whole logits on a large GPU)
     flag=""
     [ "$compile" = off ] && flag="--no-compile"
     echo "# $preset compile=$compile loss_chunk=$chunk" >&2

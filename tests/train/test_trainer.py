@@ -366,6 +366,13 @@ def test_the_loss_is_chunked_by_default_only_at_a_large_vocabulary_and_more_rows
     assert loss_chunk_rows(0, 100_352, rows) == 0 and loss_chunk_rows(64, 8192, 10) == 64
 
 
+def test_on_a_gpu_the_loss_is_chunked_by_default_only_where_its_logits_would_crowd_the_memory():
+    rows, vocab = 4 * 4096, 100_352  # olmo2-1b's micro-batch in docs/performance.md: 6.6 GB of fp32 logits
+    assert loss_chunk_rows(None, vocab, rows, gpu_memory=141 * 10**9) == 0  # an H200: whole logits, 5% faster
+    assert loss_chunk_rows(None, vocab, rows, gpu_memory=24 * 10**9) == AUTO_CHUNK_ROWS  # a 24 GB card
+    assert loss_chunk_rows(512, vocab, rows, gpu_memory=141 * 10**9) == 512  # a setting always wins
+
+
 def test_loss_gradients_equal_autograd_of_the_plain_formula():
     torch.manual_seed(0)
     logits = (torch.randn(3, 5, 11) * 4).requires_grad_()

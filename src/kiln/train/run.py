@@ -149,9 +149,11 @@ def wrap_blocks(model: nn.Module, tc: TrainerConfig) -> None:
         compile_blocks(model)
 
 
-def resolve_loss_chunk(cfg: TrainConfig, padded_vocab: int) -> int:
-    """`trainer.loss_chunk` for a micro-batch of this config's rows (kiln.train.loss.loss_chunk_rows)."""
-    return loss_chunk_rows(cfg.trainer.loss_chunk, padded_vocab, cfg.trainer.micro_batch_size * cfg.data.seq_len)
+def resolve_loss_chunk(cfg: TrainConfig, padded_vocab: int, device: torch.device) -> int:
+    """`trainer.loss_chunk` for a micro-batch of this config's rows on this device (kiln.train.loss.loss_chunk_rows)."""
+    gpu_memory = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    return loss_chunk_rows(cfg.trainer.loss_chunk, padded_vocab, cfg.trainer.micro_batch_size * cfg.data.seq_len,
+                           gpu_memory)
 
 
 FULL_SPLIT_AUTO_TOKENS = 4_000_000  # eval.full_at_end=null reads the whole held-out split up to this size
@@ -222,7 +224,7 @@ def build_run(cfg: TrainConfig, resume: bool | None = None) -> Run:
     trainer = Trainer(cfg, wrapped, optimizer, iter(train_loader), device, callbacks,
                       flops_per_token(model_cfg, cfg.data.seq_len), peak.value, world_size)
     trainer.peak_source = peak.source
-    trainer.loss_chunk = resolve_loss_chunk(cfg, model_cfg.padded_vocab_size)
+    trainer.loss_chunk = resolve_loss_chunk(cfg, model_cfg.padded_vocab_size, device)
     if strategy in ("fsdp", "hsdp"):
         trainer.autocast_dtype = None  # FSDP's mixed-precision policy already computes in bf16
     if cfg.stability.rollback:

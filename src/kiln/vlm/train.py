@@ -157,7 +157,7 @@ def build_vlm_run(cfg: VLMTrainConfig, resume: bool | None = None) -> Run:
                  cbs.Progress(cfg.logging.progress, tc.log_every), checkpointer]
     trainer = Trainer(cfg, model, optimizer, iter(train_loader), device, callbacks,
                       flops_per_token(model_cfg.text, cfg.data.seq_len), None)
-    trainer.loss_chunk = resolve_loss_chunk(cfg, model_cfg.text.padded_vocab_size)
+    trainer.loss_chunk = resolve_loss_chunk(cfg, model_cfg.text.padded_vocab_size, device)
     resumed_from = maybe_resume(cfg, resume, model_cfg, tok, trainer, train_loader, model, checkpointer.stateful)
     run = Run(cfg, run_dir, model, trainer, train_loader, checkpointer, resumed_from)
     if not run.complete:
