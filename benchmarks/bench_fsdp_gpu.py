@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--activation-checkpointing", action="store_true", help="recompute blocks in backward")
     parser.add_argument("--loss-chunk", default="auto",
                         help="rows per block of the chunked loss; 0 = whole logits; auto = kiln's default")
+    parser.add_argument("--fused-adamw", action="store_true", help="torch's fused AdamW kernel (optim.fused)")
     parser.add_argument("--no-reshard", dest="reshard", action="store_false",
                         help="keep gathered weights from forward to backward (more memory, less communication)")
     args = parser.parse_args()
@@ -48,6 +49,7 @@ def main() -> None:
         "trainer": {"device": args.device, "precision": args.precision, "micro_batch_size": args.micro_batch,
                     "compile": args.compile, "activation_checkpointing": args.activation_checkpointing,
                     "loss_chunk": None if args.loss_chunk == "auto" else int(args.loss_chunk)},
+        "optim": {"fused": args.fused_adamw},
         "distributed": {"strategy": args.strategy, "reshard_after_forward": args.reshard},
     })
     result = time_training(cfg, args.steps, args.warmup)

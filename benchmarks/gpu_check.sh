@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # GPU readiness in one go, under 8 minutes on one H200:
-#   1. olmo2-1b at sequence 4096, bf16, FSDP2 on one GPU: compile on/off x chunked loss on/off ->
+#   1. olmo2-1b at sequence 4096, bf16, FSDP2 on one GPU: compile on/off x chunked loss on/off, and the fastest
+#      single-GPU settings (whole logits, fused AdamW, no resharding) ->
 #      tokens/s, MFU (against the GPU's dense bf16 peak, kiln.train.flops: 989.4 TFLOP/s for H100 SXM / H200),
 #      peak memory (torch.cuda.max_memory_allocated), as a Markdown table;
 #   2. a real `kiln train` on the GPU (olmo2-150m on the built-in corpus) that is killed with SIGKILL after its
 #      first checkpoint and resumed, then checked: one metrics line per step, no gap, no repeat.
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR]   (default $OUT or /tmp/kiln-gpu-check)
-# Each of the four benchmark runs is cut at BENCH_TIMEOUT seconds (150), the resumed real run at RUN_TIMEOUT (150).
+# Each of the five benchmark runs is cut at BENCH_TIMEOUT seconds (150), the resumed real run at RUN_TIMEOUT (150).
 # Dry run of the script itself on a CPU (small shapes, seconds per step):
 #   DEVICE=cpu PRESET=olmo2-tiny SEQ=128 MICRO=2 RUN_PRESET=olmo2-tiny RUN_SEQ=64 RUN_STEPS=40 bash benchmarks/gpu_check.sh
 set -euo pipefail
@@ -42,18 +43,25 @@ for compile in on off; do
       || echo "{\"compile\": \"$compile\", \"loss_chunk\": \"$chunk\", \"failed\": true}" >> "$out/throughput.jsonl"
   done
 done
+# the fastest settings for one GPU: whole logits, torch's fused AdamW, weights kept gathered between forward and backward
+echo "# $preset compile=on loss_chunk=0 fused AdamW, no reshard" >&2
+timeout "${BENCH_TIMEOUT:-150}" python benchmarks/bench_fsdp_gpu.py --steps "$steps" --warmup "$warmup" --loss-chunk 0 \
+  --fused-adamw --no-reshard --device "$device" --preset "$preset" --seq-len "$seq" --micro-batch "$micro" \
+  | tee -a "$out/throughput.log" | grep '^{' >> "$out/throughput.jsonl" \
+  || echo '{"compile": "on", "loss_chunk": "0", "fused_adamw": true, "reshard": false, "failed": true}' >> "$out/throughput.jsonl"
 python - "$out/throughput.jsonl" <<'EOF'
 import json, sys
-print("| compile | loss_chunk | tokens/s per GPU | MFU | s/step | peak GiB |")
-print("|---|---|---|---|---|---|")
+print("| compile | loss_chunk | AdamW | reshard | tokens/s per GPU | MFU | s/step | peak GiB |")
+print("|---|---|---|---|---|---|---|---|")
 for line in open(sys.argv[1]):
     r = json.loads(line)
+    compile_ = {True: "on", False: "off"}.get(r["compile"], r["compile"])
+    head = f"| {compile_} | {r['loss_chunk']} | {'fused' if r.get('fused_adamw') else 'foreach'} | {r.get('reshard', True)} |"
     if r.get("failed"):
-        print(f"| {r['compile']} | {r['loss_chunk']} | failed (see throughput.log) | | | |")
+        print(f"{head} failed (see throughput.log) | | | |")
         continue
     mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
-    print(f"| {'on' if r['compile'] else 'off'} | {r['loss_chunk']} | {r['tokens_per_s'] / r['ranks']:,.0f} | {mfu} "
-          f"| {r['step_s']:.3f} | {r['peak_memory_gb']:.1f} |")
+    print(f"{head} {r['tokens_per_s'] / r['ranks']:,.0f} | {mfu} | {r['step_s']:.3f} | {r['peak_memory_gb']:.1f} |")
 EOF
 
 run="$out/run"

@@ -41,3 +41,22 @@ def test_adamw_hyperparameters_reach_the_optimizer():
     assert {g["betas"] for g in opt.param_groups} == {(0.8, 0.9)}
     assert {g["eps"] for g in opt.param_groups} == {1e-7}
     assert sorted(g["weight_decay"] for g in opt.param_groups) == [0.0, 0.05]
+
+
+def test_fused_adamw_takes_the_same_steps_as_the_foreach_one():
+    """`optim.fused` picks torch's fused kernel (for GPUs); it must train the same, weight decay groups included."""
+    torch.manual_seed(0)
+    models = [_model(), _model()]
+    models[1].load_state_dict(models[0].state_dict())
+    start = [p.detach().clone() for p in models[0].parameters()]
+    opts = [build_adamw(m, OptimConfig(fused=fused)) for m, fused in zip(models, (False, True), strict=True)]
+    assert [o.defaults["fused"] for o in opts] == [None, True] and opts[0].defaults["foreach"] is True
+    ids = torch.randint(0, 64, (2, 8))
+    for _ in range(3):
+        for model, opt in zip(models, opts, strict=True):
+            opt.zero_grad()
+            model(ids).logsumexp(-1).mean().backward()
+            opt.step()
+    for a, b, a0 in zip(models[0].parameters(), models[1].parameters(), start, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(a, a0)  # every parameter moved
