@@ -123,3 +123,15 @@ def test_the_loader_adds_object_labels_only_when_asked(data):
     for i in range(3):
         assert int((with_objects.object_labels[i, 0] > 0).sum()) <= len(records[i]["objects"])
         assert torch.equal(with_objects.object_labels[i], object_labels(records[i], 6))
+
+
+def test_a_batch_knows_where_each_rows_question_ends(data):
+    """`prompt_lens` (for a prefix LM) counts the tokens the model reads before answering, separator included."""
+    from kiln.vlm.batches import SEPARATOR
+
+    tok = load_dataset_tokenizer(data)
+    records = load_split(data, "train")[:3]
+    rows = [(torch.zeros(3, 48, 48), *encode_example(tok, r["question"], r["answer"])) for r in records]
+    batch = collate(rows, pad_id=0)
+    assert batch.prompt_lens.tolist() == [len(tok.encode(r["question"] + SEPARATOR).ids) for r in records]
+    assert len(set(batch.prompt_lens.tolist())) > 1 or len({r["question"] for r in records}) == 1

@@ -166,3 +166,62 @@ def test_the_conv_stem_carries_the_image_signal_to_its_last_map_undiminished():
     images = torch.rand(8, 3, 32, 32) * 2 - 1
     inner = model.vision.patchify.layers[:-1](images).detach()
     assert 0.5 < float(inner.pow(2).mean().sqrt() / images.pow(2).mean().sqrt()) < 2
+
+
+def test_the_prefix_lm_mask_by_hand():
+    from kiln.model.transformer import prefix_lm_mask
+
+    mask = prefix_lm_mask(torch.tensor([2, 3]), 4, pad_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]))
+    first = [[1, 1, 0, 0],  # positions 0-1 see each other, 2-3 causal
+             [1, 1, 0, 0],
+             [1, 1, 1, 0],
+             [1, 1, 1, 1]]
+    second = [[1, 1, 1, 0],  # positions 0-2 both ways; key 3 is padding, seen by itself only
+              [1, 1, 1, 0],
+              [1, 1, 1, 0],
+              [1, 1, 1, 1]]
+    assert mask.shape == (2, 1, 4, 4)
+    assert mask[:, 0].int().tolist() == [first, second]
+
+
+def _prefix_vlm() -> VLM:
+    model = _vlm()
+    model.cfg.prefix_lm = True
+    return model
+
+
+def test_a_prefix_lm_lets_image_and_question_see_the_whole_question_but_no_answer():
+    model, images = _prefix_vlm(), torch.rand(1, 3, 32, 32)
+    ids, prompt = torch.randint(0, 64, (1, 6)), torch.tensor([3])  # 3 question tokens, then the answer
+    later_question, answer = ids.clone(), ids.clone()
+    later_question[0, 2] = (ids[0, 2] + 1) % 64
+    answer[0, 4:] = (ids[0, 4:] + 1) % 64
+    base = model(ids, images=images, prompt_lens=prompt)
+    assert not torch.allclose(base[:, 0], model(later_question, images=images, prompt_lens=prompt)[:, 0], atol=1e-6)
+    assert torch.allclose(base[:, :4], model(answer, images=images, prompt_lens=prompt)[:, :4], atol=1e-6)
+    with pytest.raises(ValueError, match="prompt_lens"):
+        model(ids, images=images)
+
+
+def test_prefix_lm_greedy_decoding_matches_its_forward_pass_with_and_without_cache():
+    from kiln.generate.sampling import generate
+
+    model, images = _prefix_vlm(), torch.rand(2, 3, 32, 32)
+    prompts = [[3, 4, 5], [7]]
+    prefix = model.image_tokens(images)
+    cached = generate(model.text, prompts, 6, prefix=prefix, prefix_lm=True)
+    assert cached == generate(model.text, prompts, 6, prefix=prefix, prefix_lm=True, use_cache=False)
+    assert cached != generate(model.text, prompts, 6, prefix=prefix)  # the causal decoder answers otherwise
+    for row, ids in enumerate(prompts):  # each row alone through the VLM's training forward
+        seq = list(ids)
+        for _ in range(6):
+            logits = model(torch.tensor([seq]), images=images[row:row + 1], prompt_lens=torch.tensor([len(ids)]))
+            seq.append(int(logits[0, -1, :64].argmax()))
+        assert seq[len(ids):] == cached[row]
+
+
+def test_the_prefix_lm_setting_travels_with_the_config():
+    cfg = _prefix_vlm().cfg
+    assert VLMConfig.from_dict(cfg.to_dict()).prefix_lm is True
+    older = {k: v for k, v in cfg.to_dict().items() if k != "prefix_lm"}
+    assert VLMConfig.from_dict(older).prefix_lm is False

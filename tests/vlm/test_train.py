@@ -148,3 +148,18 @@ def test_activation_checkpointing_reaches_the_decoder_blocks(data, tmp_path):
 def test_a_whole_split_text_evaluation_is_refused_for_a_vlm(tmp_path, capsys):
     assert main(["vlm", "train", "--eval.full_at_end=true", f"--trainer.run_dir={tmp_path / 'r'}"]) == 2
     assert "eval.full_at_end" in capsys.readouterr().err
+
+
+def test_a_prefix_lm_run_trains_scores_and_saves_its_attention(data, tmp_path, capsys):
+    """`vlm.prefix_lm`: the trainer hands the model each row's question length (its first loss differs from the
+    causal model's, same weights and batch), evaluation answers with it, and the checkpoint remembers it. Two
+    layers: with one, the answer reads the same keys and values either way (only question positions change)."""
+    from kiln.vlm.model import load_vlm
+
+    assert _train(data, tmp_path / "causal", 4, "--model.n_layers=2") == 0
+    assert _train(data, tmp_path / "prefix", 4, "--model.n_layers=2", "--vlm.prefix_lm=true") == 0
+    assert "step 4: val_loss" in capsys.readouterr().out
+    causal, prefix = _metrics(tmp_path / "causal"), _metrics(tmp_path / "prefix")
+    assert prefix[0]["loss"] != causal[0]["loss"] and "val_point_f1" in prefix[-1]
+    assert load_vlm(tmp_path / "prefix" / "step000004")[0].cfg.prefix_lm is True
+    assert load_vlm(tmp_path / "causal" / "step000004")[0].cfg.prefix_lm is False

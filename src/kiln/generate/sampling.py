@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from kiln.errors import KilnError
-from kiln.model.transformer import KVCache, Transformer
+from kiln.model.transformer import KVCache, Transformer, prefix_lm_mask
 
 PAD_ID = 0  # any valid id: padded positions are masked out of attention
 
@@ -50,12 +50,13 @@ class Decoder:
 
     With `use_cache` the prompt is run once and each step feeds only the new token; without it every step
     reruns the whole sequence. Both see the same tokens, pad mask and positions. `prefix` (B, P, C) embeddings
-    (a VLM's image tokens) come before each row, padding included, and are always attended to.
+    (a VLM's image tokens) come before each row, padding included, and are always attended to; with `prefix_lm`
+    the prefix and the (left-padded, so equally long) prompts attend to each other both ways.
     """
 
     def __init__(self, model: Transformer, prompts_ids: list[list[int]], max_new_tokens: int,
-                 use_cache: bool = True, prefix: Tensor | None = None) -> None:
-        self.model, self.prefix = model, prefix
+                 use_cache: bool = True, prefix: Tensor | None = None, prefix_lm: bool = False) -> None:
+        self.model, self.prefix, self.prefix_lm = model, prefix, prefix_lm
         self.prefix_len = 0 if prefix is None else prefix.shape[1]
         device = model.embed.weight.device
         self.prompt_len = max(len(ids) for ids in prompts_ids)
@@ -77,12 +78,21 @@ class Decoder:
         mask = self.pad_mask[:, :self.length]
         if self.prefix_len:
             mask = torch.cat([mask.new_ones(len(mask), self.prefix_len), mask], dim=1)
+        whole = self.cache is None or self.cache.length == 0  # every position goes through the model
+        both_ways = self._prefix_lm_mask(mask) if self.prefix_lm and whole else None
         if self.cache is None:
-            return self.model(self.tokens[:, :self.length], pad_mask=mask, prefix=self.prefix)[:, -1].float()
+            return self.model(self.tokens[:, :self.length], pad_mask=mask, prefix=self.prefix,
+                              attn_mask=both_ways)[:, -1].float()
         cached = max(self.cache.length - self.prefix_len, 0)  # text positions already in the cache
         prefix = self.prefix if self.cache.length == 0 else None
         new_tokens = self.tokens[:, cached:self.length]
-        return self.model(new_tokens, pad_mask=mask, cache=self.cache, prefix=prefix)[:, -1].float()
+        return self.model(new_tokens, pad_mask=mask, cache=self.cache, prefix=prefix,
+                          attn_mask=both_ways)[:, -1].float()
+
+    def _prefix_lm_mask(self, pad_mask: Tensor) -> Tensor:
+        """Prefix and prompts both ways, generated tokens causally; later cached steps see every earlier key."""
+        inside = torch.full((len(pad_mask),), self.prefix_len + self.prompt_len, device=pad_mask.device)
+        return prefix_lm_mask(inside, pad_mask.shape[1], pad_mask)
 
     def append(self, next_ids: Tensor) -> None:
         self.tokens[:, self.length] = next_ids
@@ -96,12 +106,12 @@ class Decoder:
 def generate(model: Transformer, prompts_ids: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
              seed: int | None = None, use_cache: bool = True, vocab_size: int | None = None,
-             prefix: Tensor | None = None) -> list[list[int]]:
+             prefix: Tensor | None = None, prefix_lm: bool = False) -> list[list[int]]:
     """The new tokens of each prompt: up to `max_new_tokens`, ending at (and including) `eos_id` if drawn.
 
     Ids at or past `vocab_size` (default the model's; pass the tokenizer's when smaller) are never produced:
     they are embedding padding rows. The same `seed` gives the same samples. `prefix` embeddings (B, P, C) precede
-    each prompt (a VLM's image tokens).
+    each prompt (a VLM's image tokens); with `prefix_lm` they and the prompt attend to each other both ways.
     """
     cfg = model.cfg
     vocab_size = vocab_size or cfg.vocab_size
@@ -111,7 +121,7 @@ def generate(model: Transformer, prompts_ids: list[list[int]], max_new_tokens: i
         raise KilnError(f"prefix + longest prompt + max_new_tokens = {longest} exceeds the model's max_seq_len "
                         f"{cfg.max_seq_len}")
     model.eval()
-    decoder = Decoder(model, prompts_ids, max_new_tokens, use_cache, prefix)
+    decoder = Decoder(model, prompts_ids, max_new_tokens, use_cache, prefix, prefix_lm)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=decoder.tokens.device).manual_seed(seed)

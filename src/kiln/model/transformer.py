@@ -236,6 +236,17 @@ def attention_mask(T: int, start: int, doc_ids: Tensor | None, pad_mask: Tensor 
     return mask | (k_pos[None, :] == q_pos[:, None])[None, None]
 
 
+def prefix_lm_mask(bidirectional: Tensor, T: int, pad_mask: Tensor | None = None) -> Tensor:
+    """Boolean (B, 1, T, T) mask of a prefix LM (PaliGemma): the first `bidirectional[b]` positions of row b see
+    each other both ways, the rest attend causally; `pad_mask` (B, T) hides padding keys, each query sees itself."""
+    pos = torch.arange(T, device=bidirectional.device)
+    inside = pos[None, :] < bidirectional[:, None]  # (B, T)
+    mask = (pos[None, :] <= pos[:, None])[None] | (inside[:, :, None] & inside[:, None, :])  # (B, T, T)
+    if pad_mask is not None:
+        mask = mask & pad_mask[:, None, :].bool()
+    return (mask | (pos[None, :] == pos[:, None])[None])[:, None]
+
+
 class Transformer(nn.Module):
     """Token ids (B, T) -> logits (B, T, padded_vocab). Ids past `vocab_size` are padding, never targets."""
 

@@ -166,6 +166,8 @@ class Trainer:
             inputs["images"] = batch.images.to(self.device, non_blocking=True)
         if getattr(batch, "object_labels", None) is not None:
             inputs["object_labels"] = batch.object_labels.to(self.device, non_blocking=True)
+        if getattr(batch, "prompt_lens", None) is not None:  # where a VLM's answer starts (its prefix LM)
+            inputs["prompt_lens"] = batch.prompt_lens.to(self.device)
         z_weight = self.cfg.trainer.z_loss
         if self.loss_chunk:
             inputs["head_fn"] = lambda hidden, weight: chunked_loss_terms(hidden, weight, labels, n_targets,

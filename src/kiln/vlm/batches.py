@@ -38,6 +38,7 @@ class VLMBatch:
     labels: torch.Tensor  # (B, T) int64, IGNORE_INDEX off the answer
     doc_ids: torch.Tensor  # (B, T) zeros: a row is one document
     object_labels: torch.Tensor | None = None  # (B, 2, G, G) colour and shape class per patch (kiln.vlm.model)
+    prompt_lens: torch.Tensor | None = None  # (B,) question tokens (separator included) of each row
 
 
 def write_tokenizer(directory: str | Path, records: list[dict], vocab_size: int = 512) -> Tokenizer:
@@ -90,7 +91,14 @@ def collate(rows: list[tuple[torch.Tensor, list[int], list[int]]], pad_id: int,
         ids[i, :len(row_ids)] = torch.tensor(row_ids)
         labels[i, :len(row_labels)] = torch.tensor(row_labels)
     images = torch.stack([image for image, _, _ in rows])
-    return VLMBatch(images, ids, labels, torch.zeros_like(ids), torch.stack(objects) if objects else None)
+    prompt_lens = torch.tensor([prompt_length(row_labels) for _, _, row_labels in rows])
+    return VLMBatch(images, ids, labels, torch.zeros_like(ids), torch.stack(objects) if objects else None,
+                    prompt_lens)
+
+
+def prompt_length(labels: list[int]) -> int:
+    """Tokens of a row's question and separator: the separator is the first position whose label is answer."""
+    return next(i for i, label in enumerate(labels) if label != IGNORE_INDEX) + 1
 
 
 class VLMLoader:

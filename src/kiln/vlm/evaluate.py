@@ -37,7 +37,7 @@ def answer(model: VLM, tok: Tokenizer, images: torch.Tensor, questions: list[str
     prompts = [tok.encode(q + SEPARATOR).ids for q in questions]
     end = eos_id(tok)
     outputs = generate(model.text, prompts, max_new_tokens, eos_id=end, vocab_size=tok.get_vocab_size(),
-                       prefix=prefix)
+                       prefix=prefix, prefix_lm=model.cfg.prefix_lm)
     model.train(was_training)
     return [tok.decode([t for t in ids if t != end]) for ids in outputs]
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from kiln.errors import KilnError
 from kiln.model.config import ModelConfig
 from kiln.model.init import embedding_stds, trunc_normal_
-from kiln.model.transformer import Transformer
+from kiln.model.transformer import Transformer, prefix_lm_mask
 from kiln.vlm.scenes import COLOURS, SHAPES
 
 N_COLOURS, N_SHAPES = len(COLOURS), len(SHAPES)
@@ -74,19 +74,20 @@ class VisionConfig:
 class VLMConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: ModelConfig = field(default_factory=ModelConfig)
+    prefix_lm: bool = False  # image and question tokens attend to each other both ways; the answer stays causal
 
     def to_dict(self) -> dict:
-        return {"vision": asdict(self.vision), "text": self.text.to_dict()}
+        return {"vision": asdict(self.vision), "text": self.text.to_dict(), "prefix_lm": self.prefix_lm}
 
     @classmethod
     def from_dict(cls, data: dict) -> VLMConfig:
-        if not isinstance(data, dict) or set(data) != {"vision", "text"}:
+        if not isinstance(data, dict) or not {"vision", "text"} <= set(data) <= {"vision", "text", "prefix_lm"}:
             raise KilnError("not a VLM config: expected the keys vision and text (is this a text model's checkpoint?)")
         if "object_loss" not in data["vision"]:
             raise KilnError("this VLM checkpoint predates kiln vlm's current model (connector norm, object head, "
                             "generator version 3 data); train a new one with `kiln vlm train`")
         vision = {"stem": "patch", **data["vision"]}  # saved before the conv stem existed
-        return cls(VisionConfig(**vision), ModelConfig.from_dict(data["text"]))
+        return cls(VisionConfig(**vision), ModelConfig.from_dict(data["text"]), data.get("prefix_lm", False))
 
 
 class ConvStem(nn.Module):
@@ -196,12 +197,18 @@ class VLM(nn.Module):
         return self.connector(self.vision(images))
 
     def forward(self, input_ids: Tensor, *, images: Tensor, object_labels: Tensor | None = None,
-                head_fn: Callable[[Tensor, Tensor], Any] | None = None, **kwargs) -> Any:
+                prompt_lens: Tensor | None = None, head_fn: Callable[[Tensor, Tensor], Any] | None = None,
+                **kwargs) -> Any:
         """Logits of the text positions, or `head_fn` of their hidden states (kiln.model.transformer); with
-        `object_labels` (training), also the ViT's object loss."""
+        `object_labels` (training), also the ViT's object loss. A prefix LM needs `prompt_lens` (B,): the
+        question tokens of each row, which with the image tokens form the part attended both ways."""
         patches = self.vision(images)
         prefix = self.connector(patches)
         P = prefix.shape[1]
+        if self.cfg.prefix_lm:
+            if prompt_lens is None:
+                raise ValueError("a prefix-LM VLM needs prompt_lens: the question tokens of each row")
+            kwargs["attn_mask"] = prefix_lm_mask(P + prompt_lens.to(input_ids.device), P + input_ids.shape[1])
         if head_fn is not None:
             logits = self.text(input_ids, prefix=prefix, head_fn=lambda x, w: head_fn(x[:, P:], w), **kwargs)
         else:

@@ -46,6 +46,7 @@ log = logging.getLogger("kiln.train")
 class VLMSection:
     eval_questions: int = 200  # validation questions answered (greedy) and scored at each evaluation; 0 = none
     max_answer_tokens: int = 200  # longest answer generated; ten points take about 170 tokens
+    prefix_lm: bool = False  # image and question tokens attend both ways (PaliGemma); false: causal, as Molmo
     eval_batch_size: int = 64  # questions answered at once
 
     def validate(self) -> None:
@@ -56,7 +57,7 @@ class VLMSection:
 @dataclass
 class VLMTrainConfig(TrainConfig):
     vision: VisionConfig = field(default_factory=VisionConfig)  # the image encoder and connector's pooling
-    vlm: VLMSection = field(default_factory=VLMSection)  # answering and scoring during training
+    vlm: VLMSection = field(default_factory=VLMSection)  # the decoder's attention; answering and scoring in training
 
     def validate(self) -> None:
         super().validate()
@@ -108,7 +109,8 @@ class VLMEvaluator(Callback):
         for i, batch in enumerate(self.val_loader):
             if i == self.cfg.eval.max_batches:
                 break
-            logits = model(batch.input_ids.to(trainer.device), images=batch.images.to(trainer.device))
+            logits = model(batch.input_ids.to(trainer.device), images=batch.images.to(trainer.device),
+                           prompt_lens=batch.prompt_lens)
             nats += F.cross_entropy(logits.float().flatten(0, 1), batch.labels.to(trainer.device).flatten(),
                                     ignore_index=-100, reduction="sum").item()
             targets += int((batch.labels != -100).sum())
@@ -139,7 +141,7 @@ def build_vlm_run(cfg: VLMTrainConfig, resume: bool | None = None) -> Run:
     torch.manual_seed(tc.seed)
     run_dir, data_dir = Path(tc.run_dir), open_vlm_data(cfg)
     tok = load_dataset_tokenizer(data_dir)
-    model_cfg = VLMConfig(cfg.vision, build_model_config(cfg, vocab_size(tok)))
+    model_cfg = VLMConfig(cfg.vision, build_model_config(cfg, vocab_size(tok)), cfg.vlm.prefix_lm)
     model = VLM(model_cfg).to(device)
     wrap_blocks(model.text, tc)  # checkpointing and compilation reach the decoder; the ViT is small
     optimizer = build_adamw(model, cfg.optim)
