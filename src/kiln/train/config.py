@@ -248,7 +248,7 @@ def _normalise_model_section(raw: dict[str, Any]) -> None:
     raw["model"] = {"preset": name, "overrides": {key: getattr(checked, key) for key in overrides}}
 
 
-def merge_layer(raw: dict[str, Any], layer: dict[str, Any], name: str) -> dict[str, Any]:
+def _merge_layer(raw: dict[str, Any], layer: dict[str, Any], name: str) -> dict[str, Any]:
     """`layer` over `raw`; a layer that names another model preset takes that preset whole: the model fields set
     below it were chosen for the earlier preset (the main job's 2 layers would turn olmo2-150m into a 31M model)."""
     below, above = raw.get("model"), layer.get("model")
@@ -265,9 +265,9 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | dict[st
                 cls: type[TrainConfig] = TrainConfig, base: dict[str, Any] | None = None) -> TrainConfig:
     """Defaults <- `base` <- recipe YAML <- dotted overrides, with every key and type checked. `cls` is TrainConfig
     or a subclass with more sections (a VLM's), `base` that job's own defaults."""
-    raw = merge_layer(base or {}, load_yaml(recipe) if recipe else {}, "the recipe")
+    raw = _merge_layer(base or {}, load_yaml(recipe) if recipe else {}, "the recipe")
     extra = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
-    raw = merge_layer(raw, extra, "the overrides")
+    raw = _merge_layer(raw, extra, "the overrides")
     _normalise_model_section(raw)
     cfg = from_dict(cls, raw)
     cfg.validate()
