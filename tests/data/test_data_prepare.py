@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import numpy as np
 import pytest
@@ -143,3 +144,13 @@ def test_builtin_dataset_is_prepared_once_then_reused(tmp_path, corpus_dir, monk
     assert (first / "dataset.json").stat().st_mtime_ns == stamp
     assert TokenDataset.open(first).num_documents == 6
     assert json.loads((first / "dataset.json").read_text())["args"]["workers"] == 0  # no spawned workers to wait for
+
+
+def test_the_default_spawns_workers_only_for_inputs_worth_their_start(tmp_path, monkeypatch):
+    from kiln.data.prepare import WORKER_BYTES, default_workers
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    small, big = tmp_path / "small.txt", tmp_path / "big.txt"
+    small.write_bytes(b"x" * (WORKER_BYTES - 1))
+    big.write_bytes(b"x" * (WORKER_BYTES * 2))
+    assert default_workers([small]) == 0 and default_workers([big]) == 2 and default_workers([big, big, big]) == 4

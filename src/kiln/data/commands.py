@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", default=BUILTIN_TOKENIZER, help="'builtin' or a path to a tokenizer.json")
     p.add_argument("--text-field", default="text", help="JSON field holding each document's text")
     p.add_argument("--workers", type=int, default=None,
-                   help="tokenizer processes (default: one per CPU core; 0 tokenizes in this process)")
+                   help="tokenizer processes (default: one per 16 MiB of input, at most one a core; 0 = in-process)")
     p.add_argument("--shard-tokens", type=int, default=shards.DEFAULT_SHARD_TOKENS, help="tokens per shard file")
     p.add_argument("--utf8-errors", choices=UTF8_POLICIES, default="replace",
                    help="bytes that are not UTF-8: replace them with U+FFFD, or skip the document (both counted)")

@@ -140,13 +140,25 @@ def _publish(tmp_dir: Path, out_dir: Path, overwrite: bool) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+WORKER_BYTES = 16 * 2**20  # input bytes per tokenizer worker by default: about 10 s of tokenizing each
+
+
+def default_workers(files: list[Path]) -> int:
+    """One worker per WORKER_BYTES of input, at most one per core; 0 (this process) below that. A spawned worker
+    imports the caller's main module (torch and all): 112 s for 16 of them on a fresh GPU machine, to tokenize a
+    5 MB corpus that takes 3 s in one process."""
+    size = sum(f.stat().st_size for f in files)
+    return min(os.cpu_count() or 1, size // WORKER_BYTES)
+
+
 def prepare_dataset(inputs: list[Path], out_dir: Path, tokenizer: str | Path = BUILTIN_TOKENIZER, *,
                     text_field: str = "text", utf8_errors: str = "replace", workers: int | None = None,
                     shard_tokens: int = shards.DEFAULT_SHARD_TOKENS, overwrite: bool = False,
                     progress: bool = True, fast_encode: bool = False) -> Path:
     """Tokenize `inputs` (the built-in corpus when empty) into a dataset folder at `out_dir` and return it.
 
-    `workers=0` tokenizes in this process (for tests and tiny inputs); the default is one worker per CPU core.
+    `workers=0` tokenizes in this process; the default is one worker per WORKER_BYTES of input, at most one per
+    CPU core (`default_workers`).
     `fast_encode` opts into `kiln.data.fast_encode` (about 3-5x faster, same ids on every corpus we checked, but
     its pre-tokenizer is a translation of the library's, so the library stays the default).
     """
@@ -154,9 +166,9 @@ def prepare_dataset(inputs: list[Path], out_dir: Path, tokenizer: str | Path = B
     _check_out_dir(out_dir, overwrite)
     if shard_tokens < 1:
         raise KilnError(f"shard_tokens must be a positive number of tokens, got {shard_tokens}")
-    workers = (os.cpu_count() or 1) if workers is None else workers
     report = SkipReport()
     files = resolve_inputs(list(inputs) or [BUILTIN_CORPUS_PATH], report)
+    workers = default_workers(files) if workers is None else workers
     tok = load_tokenizer(tokenizer)
     vocab, eos = vocab_size(tok), eos_id(tok)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -221,17 +233,13 @@ def cache_root() -> Path:
 
 
 def builtin_dataset(cache_dir: Path | None = None, progress: bool = True) -> Path:
-    """The built-in corpus prepared with the built-in tokenizer, made once per tokenizer version and reused.
-
-    Tokenized in this process: the corpus is 5 MB (about 3 s), and spawned workers each import the caller's main
-    module (torch and all), which on a fresh 16-core GPU machine took 112 s before the first token.
-    """
+    """The built-in corpus prepared with the built-in tokenizer, made once per tokenizer version and reused."""
     tok_hash = tokenizer_hash(load_tokenizer(BUILTIN_TOKENIZER))
     folder = Path(cache_dir or cache_root()) / "datasets" / f"builtin-{tok_hash[:12]}"
     if (folder / shards.META_FILE).is_file():
         return folder
     try:
-        return prepare_dataset([], folder, BUILTIN_TOKENIZER, overwrite=folder.exists(), progress=progress, workers=0)
+        return prepare_dataset([], folder, BUILTIN_TOKENIZER, overwrite=folder.exists(), progress=progress)
     except DatasetExistsError:
         if (folder / shards.META_FILE).is_file():  # another process (e.g. another rank) finished first
             return folder
