@@ -13,6 +13,8 @@ from PIL import Image
 
 from kiln.cli import main
 from kiln.vlm.batches import TOKENIZER_FILE, write_tokenizer
+from kiln.vlm.evaluate import answer_records
+from kiln.vlm.model import load_vlm
 from kiln.vlm.synth import SynthConfig, load_split, write_dataset
 from kiln.vlm.train import build_vlm_run, load_vlm_config
 
@@ -103,10 +105,12 @@ def test_eval_writes_scores_answers_and_a_gallery_and_point_draws(data, tmp_path
     assert _train(data, tmp_path / "run", 4) == 0
     capsys.readouterr()
     assert main(["vlm", "eval", str(tmp_path / "run"), str(data), "--out", str(tmp_path / "eval")]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "pointing  precision" in printed and "counting  exact" in printed
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())
     test = load_split(data, "test")
+    assert "vlm eval: 100%" in captured.err and f"{len(test)}/{len(test)}" in captured.err  # the progress bar
     assert result["questions"] == len(test) and 0 <= result["point_f1"] <= 1
     held_out = {tuple(pair) for pair in json.loads((data / "meta.json").read_text())["held_out"]}
     unseen = sum((r["target"]["colour"], r["target"]["shape"]) in held_out for r in test)
@@ -163,3 +167,13 @@ def test_a_prefix_lm_run_trains_scores_and_saves_its_attention(data, tmp_path, c
     assert prefix[0]["loss"] != causal[0]["loss"] and "val_point_f1" in prefix[-1]
     assert load_vlm(tmp_path / "prefix" / "step000004")[0].cfg.prefix_lm is True
     assert load_vlm(tmp_path / "causal" / "step000004")[0].cfg.prefix_lm is False
+
+
+def test_answering_reports_progress_after_each_batch(data, tmp_path):
+    assert _train(data, tmp_path / "run", 2) == 0
+    model, tok = load_vlm(tmp_path / "run")
+    records = load_split(data, "test")[:7]
+    calls = []
+    answers = answer_records(model, tok, data, records, batch_size=3, max_new_tokens=4,
+                             progress=lambda done, total: calls.append((done, total)))
+    assert len(answers) == 7 and calls == [(3, 7), (6, 7), (7, 7)]

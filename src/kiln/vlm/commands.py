@@ -175,6 +175,8 @@ def run_point(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from tqdm import tqdm
+
     from kiln.checkpoint import resolve_model_dir
     from kiln.vlm.evaluate import evaluate_split, report_lines
     from kiln.vlm.model import load_vlm
@@ -182,7 +184,15 @@ def run_eval(args: argparse.Namespace) -> int:
     model, tok = load_vlm(args.checkpoint)
     model_dir = resolve_model_dir(args.checkpoint)
     out = Path(args.out) if args.out else model_dir.parent / "eval"
-    result = evaluate_split(model, tok, Path(args.data), args.split, out, args.limit)
+    with tqdm(unit="question", desc="vlm eval") as bar:
+        result = evaluate_split(model, tok, Path(args.data), args.split, out, args.limit,
+                                progress=lambda done, total: _advance(bar, done, total))
     print("\n".join(report_lines(result)))
     print(f"wrote {out}/eval.json, answers.jsonl and gallery.html")
     return 0
+
+
+def _advance(bar, done: int, total: int) -> None:
+    """Move a tqdm bar to `done` of `total` (the total is known once the split is read)."""
+    bar.total = total
+    bar.update(done - bar.n)

@@ -7,6 +7,7 @@ versions included); counting on every question that asks for a number ("count" a
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -43,13 +44,16 @@ def answer(model: VLM, tok: Tokenizer, images: torch.Tensor, questions: list[str
 
 
 def answer_records(model: VLM, tok: Tokenizer, directory: str | Path, records: list[dict], batch_size: int = 64,
-                   max_new_tokens: int = 200) -> list[str]:
-    """The model's answer to each record's question about its image."""
+                   max_new_tokens: int = 200, progress: Callable[[int, int], object] | None = None) -> list[str]:
+    """The model's answer to each record's question about its image; `progress(answered, total)` after each
+    batch."""
     out: list[str] = []
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]
         images = torch.stack([load_image(Path(directory) / r["image"]) for r in chunk])
         out += answer(model, tok, images, [r["question"] for r in chunk], max_new_tokens)
+        if progress is not None:
+            progress(len(out), len(records))
     return out
 
 
@@ -68,14 +72,15 @@ def score(records: list[dict], answers: list[str]) -> dict[str, float | dict]:
 
 
 def evaluate_split(model: VLM, tok: Tokenizer, directory: str | Path, split: str, out: Path, limit: int | None = None,
-                   batch_size: int = 64, gallery: int = 48) -> dict:
+                   batch_size: int = 64, gallery: int = 48,
+                   progress: Callable[[int, int], object] | None = None) -> dict:
     """Answer and score a split; write out/eval.json, out/answers.jsonl and out/gallery.html (first `gallery`
-    questions, drawn)."""
+    questions, drawn). `progress(answered, total)` follows the answering, the long part."""
     from kiln.vlm.gallery import draw_points, write_gallery
     from kiln.vlm.synth import load_split
 
     records = load_split(directory, split)[:limit]
-    answers = answer_records(model, tok, directory, records, batch_size)
+    answers = answer_records(model, tok, directory, records, batch_size, progress=progress)
     result = {"split": split, "questions": len(records), **score(records, answers)}
     unseen = unseen_pairs(directory)
     for name, keep in (("unseen_pair", True), ("seen_pair", False)):
