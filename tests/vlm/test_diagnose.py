@@ -82,6 +82,13 @@ def test_the_object_head_is_scored_at_the_patches_that_hold_a_point(tmp_path):
     out = object_head_accuracy(model, tmp_path, records)
     assert out["images"] == 1 and out["patches"] == 3
     assert out["colour"] == pytest.approx(2 / 3) and out["shape"] == pytest.approx(1 / 3)
+    assert "pairs" not in out
+    pairs = {("red", "star"), ("blue", "star"), ("red", "circle"), ("green", "square")}  # green square: not drawn
+    out = object_head_accuracy(model, tmp_path, records, pairs=pairs)
+    assert out["pairs"] == {
+        "blue star": {"patches": 1, "shape": 0.0, "taken_for": "circle", "taken_for_share": 1.0},
+        "red circle": {"patches": 1, "shape": 1.0, "taken_for": None, "taken_for_share": 0.0},
+        "red star": {"patches": 1, "shape": 0.0, "taken_for": "circle", "taken_for_share": 1.0}}
 
 
 def test_question_reading_counts_answers_that_ignore_the_question():

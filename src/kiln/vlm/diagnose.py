@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from kiln.vlm.batches import load_image, object_labels
 from kiln.vlm.metrics import hit_points
 from kiln.vlm.model import VLM
 from kiln.vlm.points import NONE_ANSWER, parse_points
+from kiln.vlm.scenes import COLOURS, SHAPES
 from kiln.vlm.synth import record_masks
 
 NEAR = 10.0  # percent of the image: a wrong point farther than this from every object's point is "background"
@@ -90,14 +92,17 @@ def _miss(record: dict, point: tuple[float, float]) -> str:
 
 @torch.inference_mode()
 def object_head_accuracy(model: VLM, directory: str | Path, records: list[dict], batch_size: int = 64,
-                         max_images: int = 500) -> dict | None:
+                         max_images: int = 500, pairs: Iterable[tuple[str, str]] = ()) -> dict | None:
     """The ViT's object head read on its own: at the patches that hold an object's point, the share where it names
-    the colour and the shape right; None when the model has no object head."""
+    the colour and the shape right; None when the model has no object head. For each (colour, shape) pair in
+    `pairs` (those never seen in training) also the shape share on that pair's objects alone and the shape it is
+    most often taken for: a head that learned shape through colour fails there first."""
     if model.objects is None:
         return None
     images = list({r["image"]: r for r in records}.values())[:max_images]
     grid, device = model.cfg.vision.grid, next(model.parameters()).device
     right, total = np.zeros(2), 0
+    guesses: dict[tuple[str, str], Counter] = {pair: Counter() for pair in pairs}
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         pixels = torch.stack([load_image(Path(directory) / r["image"]) for r in chunk]).to(device)
@@ -107,5 +112,24 @@ def object_head_accuracy(model: VLM, directory: str | Path, records: list[dict],
         at_points = labels[:, 0] > 0
         right += [(guess[:, k][at_points] == labels[:, k][at_points]).sum().item() for k in (0, 1)]
         total += int(at_points.sum())
-    return {"images": len(images), "patches": total, "colour": right[0] / max(total, 1),
-            "shape": right[1] / max(total, 1)}
+        for (colour_name, shape_name), seen in guesses.items():
+            on_pair = (labels[:, 0] == list(COLOURS).index(colour_name) + 1) & \
+                      (labels[:, 1] == SHAPES.index(shape_name) + 1)
+            seen.update(_shape_name(int(g)) for g in guess[:, 1][on_pair])
+    out = {"images": len(images), "patches": total, "colour": right[0] / max(total, 1),
+           "shape": right[1] / max(total, 1)}
+    if guesses:
+        out["pairs"] = {f"{c} {s}": _pair_shapes(s, seen) for (c, s), seen in sorted(guesses.items()) if seen}
+    return out
+
+
+def _shape_name(index: int) -> str:
+    return SHAPES[index - 1] if index > 0 else "none"
+
+
+def _pair_shapes(shape: str, guesses: Counter) -> dict:
+    """Shape share and the commonest wrong shape (with its share) over one pair's patches."""
+    n = sum(guesses.values())
+    wrong = [(g, k) for g, k in guesses.most_common() if g != shape]
+    return {"patches": n, "shape": guesses[shape] / n, "taken_for": wrong[0][0] if wrong else None,
+            "taken_for_share": wrong[0][1] / n if wrong else 0.0}

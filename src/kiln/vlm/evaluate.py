@@ -113,7 +113,7 @@ def diagnosis(model: VLM, directory: str | Path, records: list[dict], answers: l
     pointed = [(r, a) for r, a in zip(records, answers, strict=True) if r["asked"] in POINTING]
     out = {"points": point_errors(*map(list, zip(*pointed, strict=True))) if pointed else None}
     return {**out, "reading": question_reading(records, answers),
-            "vision": object_head_accuracy(model, directory, records)}
+            "vision": object_head_accuracy(model, directory, records, pairs=unseen_pairs(directory))}
 
 
 def unseen_pairs(directory: str | Path) -> set[tuple[str, str]]:
@@ -155,6 +155,11 @@ def _diagnosis_lines(diagnosis: dict) -> list[str]:
         vision = diagnosis["vision"]
         lines.append(f"ViT object head alone, at the {vision['patches']} patches holding a point: colour "
                      f"{vision['colour']:.3f}  shape {vision['shape']:.3f}")
+        for pair, pair_result in vision.get("pairs", {}).items():
+            taken = (f" (taken for {pair_result['taken_for']} {pair_result['taken_for_share']:.2f})"
+                     if pair_result["taken_for"] else "")
+            lines.append(f"  never-seen {pair} ({pair_result['patches']} patches): shape {pair_result['shape']:.2f}"
+                         f"{taken}")
     return lines
 
 
