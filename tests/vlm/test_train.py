@@ -160,8 +160,6 @@ def test_a_prefix_lm_run_trains_scores_and_saves_its_attention(data, tmp_path, c
     """`vlm.prefix_lm`: the trainer hands the model each row's question length (its first loss differs from the
     causal model's, same weights and batch), evaluation answers with it, and the checkpoint remembers it. Two
     layers: with one, the answer reads the same keys and values either way (only question positions change)."""
-    from kiln.vlm.model import load_vlm
-
     assert _train(data, tmp_path / "causal", 4, "--model.n_layers=2") == 0
     assert _train(data, tmp_path / "prefix", 4, "--model.n_layers=2", "--vlm.prefix_lm=true") == 0
     assert "step 4: val_loss" in capsys.readouterr().out
