@@ -105,3 +105,20 @@ def test_bad_arguments_are_named(kwargs, named):
     args = {"prompts_ids": [[1, 2]], "max_new_tokens": 4, **kwargs}
     with pytest.raises(KilnError, match=named):
         generate(tiny_model(), **args)
+
+
+def test_decoding_runs_compiled_blocks_eagerly():
+    """A model trained with trainer.compile has compiled blocks; decoding with a growing cache would recompile them
+    at every length (up to torch's recompile limit), so generate runs them eagerly: nothing is compiled."""
+    from torch._dynamo.utils import counters
+
+    from kiln.train.wrapping import compile_blocks
+
+    model = tiny_model()
+    prompts = random_prompts([5, 3], seed=3)
+    eager = generate(model, prompts, max_new_tokens=6)
+    compile_blocks(model)
+    torch._dynamo.reset()
+    counters.clear()
+    assert generate(model, prompts, max_new_tokens=6) == eager
+    assert sum(counters["frames"].values()) == 0  # dynamo never looked at a frame

@@ -121,21 +121,29 @@ def generate(model: Transformer, prompts_ids: list[list[int]], max_new_tokens: i
         raise KilnError(f"prefix + longest prompt + max_new_tokens = {longest} exceeds the model's max_seq_len "
                         f"{cfg.max_seq_len}")
     model.eval()
-    decoder = Decoder(model, prompts_ids, max_new_tokens, use_cache, prefix, prefix_lm)
+    # blocks compiled for training (trainer.compile) would recompile for every new cache length: decode eagerly
+    with torch.compiler.set_stance("force_eager"):
+        decoder = Decoder(model, prompts_ids, max_new_tokens, use_cache, prefix, prefix_lm)
+        _decode(decoder, max_new_tokens, vocab_size, (temperature, top_k, top_p), eos_id, seed)
+    return [_cut_at_eos(ids, eos_id) for ids in decoder.generated()]
+
+
+def _decode(decoder: Decoder, max_new_tokens: int, vocab_size: int,
+            sampling: tuple[float, int | None, float | None], eos_id: int | None, seed: int | None) -> None:
+    """Append up to `max_new_tokens` tokens to every row, stopping once each has drawn `eos_id`."""
     generator = None
     if seed is not None:
         generator = torch.Generator(device=decoder.tokens.device).manual_seed(seed)
-    finished = torch.zeros(len(prompts_ids), dtype=torch.bool, device=decoder.tokens.device)
+    finished = torch.zeros(decoder.tokens.shape[0], dtype=torch.bool, device=decoder.tokens.device)
     for _ in range(max_new_tokens):
         logits = decoder.logits()
         logits[:, vocab_size:] = float("-inf")
-        next_ids = sample_next(logits, temperature, top_k, top_p, generator)
+        next_ids = sample_next(logits, *sampling, generator)
         decoder.append(next_ids)
         if eos_id is not None:
             finished |= next_ids == eos_id
             if bool(finished.all()):
                 break
-    return [_cut_at_eos(ids, eos_id) for ids in decoder.generated()]
 
 
 def _cut_at_eos(ids: list[int], eos_id: int | None) -> list[int]:
