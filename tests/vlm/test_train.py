@@ -60,6 +60,18 @@ def test_training_checkpoints_scores_and_resumes_as_if_never_stopped(data, tmp_p
     assert split[-1]["val_loss"] == whole[-1]["val_loss"]
 
 
+def test_a_resume_with_other_settings_says_and_logs_what_changed(data, tmp_path, capsys):
+    assert _train(data, tmp_path / "run", 2, "--schedule.name=constant") == 0
+    assert _train(data, tmp_path / "run", 4, "--schedule.name=constant", "--trainer.precision=bf16") == 0
+    printed = capsys.readouterr().out
+    assert "config changed since the run's last start" in printed
+    assert "trainer.precision: 'fp32' -> 'bf16'" in printed and "trainer.steps: 2 -> 4" in printed
+    [change] = [json.loads(line) for line in (tmp_path / "run" / "config_changes.jsonl").read_text().splitlines()]
+    assert change["step"] == 2 and change["changes"]["trainer.precision"] == ["fp32", "bf16"]
+    assert (tmp_path / "run" / change["previous"]).is_file()  # the config it ran under until then
+    assert [m["step"] for m in _metrics(tmp_path / "run")] == [1, 2, 3, 4]
+
+
 def test_the_object_loss_is_logged_and_the_same_under_gradient_accumulation(data, tmp_path, capsys):
     assert _train(data, tmp_path / "one", 3, "--schedule.name=constant") == 0
     assert _train(data, tmp_path / "two", 3, "--schedule.name=constant", "--trainer.micro_batch_size=2",

@@ -22,6 +22,7 @@ from kiln.model.config import flops_per_token
 from kiln.optim.adamw import build_adamw
 from kiln.train import callbacks as cbs
 from kiln.train.config import TrainConfig, load_config
+from kiln.train.config_changes import record_config
 from kiln.train.run import (
     Run,
     build_model_config,
@@ -164,6 +165,7 @@ def build_vlm_run(cfg: VLMTrainConfig, resume: bool | None = None) -> Run:
     run = Run(cfg, run_dir, model, trainer, train_loader, checkpointer, resumed_from)
     if not run.complete:
         run_dir.mkdir(parents=True, exist_ok=True)
+        run.notes = record_config(run_dir, cfg, trainer.state.step if resumed_from else None)
     return run
 
 
@@ -187,4 +189,4 @@ def header(run: Run) -> str:
     return (f"kiln vlm train: {n_params:,} parameters ({vision.stem} stem, ViT {vision.n_layers} x {vision.d_model}, "
             f"{vision.image_tokens} image tokens; decoder {text.n_layers} x {text.d_model}), {cfg.trainer.steps} "
             f"steps of {cfg.trainer.micro_batch_size} questions, data {cfg.data.paths[0]}, run folder {run.run_dir} "
-            f"({where})")
+            f"({where})" + "".join(f"\n{note}" for note in run.notes))
