@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -11,11 +13,12 @@ from kiln.model.presets import PRESETS
 from kiln.vlm.model import VLM, VisionConfig, VLMConfig
 
 
-def _vlm(seed: int = 0, init: str = "normal", stem: str = "conv") -> VLM:
+def _vlm(seed: int = 0, init: str = "normal", stem: str = "conv", shape_hue_share: float = 0.0) -> VLM:
     torch.manual_seed(seed)
     text = ModelConfig(**{**PRESETS["olmo2-tiny"], "vocab_size": 64, "n_layers": 2, "d_model": 32, "n_heads": 2,
                           "d_ff": 64, "init": init})
-    vision = VisionConfig(image_size=32, patch=8, d_model=16, n_layers=1, n_heads=2, pool=2, stem=stem)
+    vision = VisionConfig(image_size=32, patch=8, d_model=16, n_layers=1, n_heads=2, pool=2, stem=stem,
+                          shape_hue_share=shape_hue_share)
     return VLM(VLMConfig(vision, text)).eval()
 
 
@@ -62,7 +65,9 @@ def test_every_vision_weight_is_initialised_from_the_configured_std():
 
 @pytest.mark.parametrize("kwargs, message", [(dict(image_size=30, patch=8), "multiple of vision.patch"),
                                              (dict(image_size=24, patch=8, pool=2), "does not split"),
-                                             (dict(d_model=30, n_heads=4), "vision.n_heads")])
+                                             (dict(d_model=30, n_heads=4), "vision.n_heads"),
+                                             (dict(shape_hue_share=1.5), "vision.shape_hue_share=1.5"),
+                                             (dict(shape_hue_share=0.5, object_loss=0), "vision.object_loss")])
 def test_bad_vision_shapes_are_refused_naming_the_key(kwargs, message):
     with pytest.raises(ValueError, match=message):
         VisionConfig(**kwargs)
@@ -225,3 +230,37 @@ def test_the_prefix_lm_setting_travels_with_the_config():
     assert VLMConfig.from_dict(cfg.to_dict()).prefix_lm is True
     older = {k: v for k, v in cfg.to_dict().items() if k != "prefix_lm"}
     assert VLMConfig.from_dict(older).prefix_lm is False
+
+
+def test_a_hue_rotation_changes_every_colour_and_keeps_greys():
+    from kiln.vlm.model import rotate_hue
+    from kiln.vlm.scenes import COLOURS
+
+    pixels = lambda rgb: torch.tensor(rgb, dtype=torch.float32).view(1, 3, 1, 1)
+    third = torch.tensor([2 * math.pi / 3])
+    assert torch.allclose(rotate_hue(pixels([1.0, 0.0, 0.0]), third), pixels([0.0, 1.0, 0.0]), atol=1e-6)
+    assert torch.allclose(rotate_hue(pixels([0.0, 1.0, 0.0]), third), pixels([0.0, 0.0, 1.0]), atol=1e-6)
+    assert torch.allclose(rotate_hue(pixels([0.3, 0.3, 0.3]), torch.tensor([1.0])), pixels([0.3, 0.3, 0.3]))
+    palette = torch.tensor(list(COLOURS.values()), dtype=torch.float32).view(-1, 3, 1, 1) / 255
+    for angle in (math.pi / 3, math.pi, 5 * math.pi / 3):  # the range the training draws from, ends included
+        turned = rotate_hue(palette, torch.full((len(palette),), angle))
+        assert (turned - palette).flatten(1).norm(dim=1).min() > 0.2  # every object colour moves
+    assert torch.allclose(rotate_hue(palette, torch.full((len(palette),), 2 * math.pi)), palette, atol=1e-6)
+
+
+def test_the_hue_rotated_rows_add_a_shape_loss_in_training_only(monkeypatch):
+    """With the rotation made the identity, the extra term is the shape cross-entropy of the first rows' patches,
+    which is then computable by hand; in eval mode nothing is added."""
+    import kiln.vlm.model as vlm_model
+
+    ids, images = torch.randint(0, 64, (4, 5)), torch.rand(4, 3, 32, 32)
+    labels = torch.randint(0, 7, (4, 2, 4, 4))
+    plain, shared = _vlm().train(), _vlm(shape_hue_share=0.5).train()  # same seed: same weights
+    base = plain(ids, images=images, object_labels=labels)[1]
+    monkeypatch.setattr(vlm_model, "rotate_hue", lambda x, angles: x)
+    extra = shared(ids, images=images, object_labels=labels)[1] - base
+    shape = shared.objects.proj(shared.vision(images[:2]))[..., 7:]
+    by_hand = torch.nn.functional.cross_entropy(shape.reshape(-1, 7), labels[:2, 1].reshape(-1))
+    assert torch.allclose(extra, shared.cfg.vision.object_loss * by_hand, atol=1e-6)
+    assert torch.allclose(shared.eval()(ids, images=images, object_labels=labels)[1],
+                          plain.eval()(ids, images=images, object_labels=labels)[1])

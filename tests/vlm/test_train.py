@@ -84,6 +84,10 @@ def test_the_object_loss_is_logged_and_the_same_under_gradient_accumulation(data
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
     assert _train(data, tmp_path / "off", 2, "--vision.object_loss=0") == 0
     assert all("object_loss" not in m for m in _metrics(tmp_path / "off"))
+    # hue-rotated copies of half the batch add a shape term (a cross-entropy, so > 0) to the same first batch's loss
+    assert _train(data, tmp_path / "hue", 1, "--schedule.name=constant", "--vision.shape_hue_share=0.5") == 0
+    assert _metrics(tmp_path / "hue")[0]["object_loss"] > one[0]["object_loss"]
+    assert load_vlm(tmp_path / "hue")[0].cfg.vision.shape_hue_share == 0.5
 
 
 def test_the_chunked_loss_scores_the_answers_alone_as_whole_logits_do(data, tmp_path):

@@ -11,6 +11,7 @@ auxiliary object loss standing in for CLIP's pretraining, and pooling (a plain m
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ class VisionConfig:
     token_positions: bool = True  # a learned embedding per image token, added in the decoder's width (see Connector)
     init_std: float = 0.02
     stem: str = "conv"  # "conv": stride-2 3x3 convolutions (see ConvStem); "patch": one linear map per patch (ViT)
+    shape_hue_share: float = 0.0  # share of each batch the object loss also reads hue-rotated, for shape alone
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch:
@@ -55,6 +57,11 @@ class VisionConfig:
                              f"{self.pool} windows; change vision.image_size, vision.patch or vision.pool")
         if self.d_model % self.n_heads:
             raise ValueError(f"vision.d_model={self.d_model} is not a multiple of vision.n_heads={self.n_heads}")
+        if not 0 <= self.shape_hue_share <= 1:
+            raise ValueError(f"vision.shape_hue_share={self.shape_hue_share} is not a share between 0 and 1")
+        if self.shape_hue_share and not self.object_loss:
+            raise ValueError(f"vision.shape_hue_share={self.shape_hue_share} needs the object loss it adds to; "
+                             "set vision.object_loss above 0 or the share to 0")
         if self.stem not in STEMS:
             raise ValueError(f"vision.stem={self.stem!r} is not one of {', '.join(STEMS)}")
         if self.stem == "conv" and (self.patch < 2 or self.patch & (self.patch - 1)):
@@ -173,12 +180,29 @@ class ObjectHead(nn.Module):
         logits = self.proj(patches)
         return logits[..., :N_COLOURS + 1], logits[..., N_COLOURS + 1:]
 
-    def forward(self, patches: Tensor, labels: Tensor) -> Tensor:
-        """patches (B, G, G, d), labels (B, 2, G, G) of colour and shape classes (0 = none) -> weighted loss."""
+    def forward(self, patches: Tensor, labels: Tensor, recoloured: Tensor | None = None) -> Tensor:
+        """patches (B, G, G, d), labels (B, 2, G, G) of colour and shape classes (0 = none) -> weighted loss.
+        `recoloured`: patches of hue-rotated copies of the first rows, whose shapes (not colours) are scored too."""
         colour, shape = self.class_logits(patches)
         loss = (F.cross_entropy(colour.flatten(0, 2), labels[:, 0].flatten())
                 + F.cross_entropy(shape.flatten(0, 2), labels[:, 1].flatten()))
+        if recoloured is not None:
+            shape = self.class_logits(recoloured)[1]
+            loss = loss + F.cross_entropy(shape.flatten(0, 2), labels[:len(recoloured), 1].flatten())
         return self.weight * loss
+
+
+def rotate_hue(images: Tensor, angles: Tensor) -> Tensor:
+    """images (B, 3, H, W) in [0, 1], each turned by its angle (radians) about the grey axis of RGB space:
+    every colour changes, greys and shapes stay. A third of a turn maps red to green exactly (Rodrigues' formula)."""
+    axis = torch.full((3,), 3 ** -0.5, device=images.device, dtype=images.dtype)
+    cross = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]], device=images.device,
+                         dtype=images.dtype) * 3 ** -0.5  # the matrix of axis x (.)
+    cos, sin = angles.cos()[:, None, None], angles.sin()[:, None, None]
+    rotation = cos * torch.eye(3, device=images.device, dtype=images.dtype) + sin * cross \
+        + (1 - cos) * torch.outer(axis, axis)
+    centred = images - 0.5  # the grey axis through mid-grey, so rotation keeps values near [0, 1]
+    return (torch.einsum("bij,bjhw->bihw", rotation, centred) + 0.5).clamp(0, 1)
 
 
 class VLM(nn.Module):
@@ -216,7 +240,17 @@ class VLM(nn.Module):
             logits = logits if kwargs.get("last_only") else logits[:, P:]
         if object_labels is None or self.objects is None:
             return logits
-        return logits, self.objects(patches, object_labels)
+        return logits, self.objects(patches, object_labels, self._recoloured_patches(images))
+
+    def _recoloured_patches(self, images: Tensor) -> Tensor | None:
+        """ViT patches of hue-rotated copies of the batch's first `vision.shape_hue_share` rows (training only), each
+        turned by an angle from [60, 300] degrees: the object loss then asks for shapes whatever their colour, which
+        a held-out colour/shape pair needs (docs/vlm.md, run 14)."""
+        rows = math.ceil(self.cfg.vision.shape_hue_share * images.shape[0])
+        if not self.training or rows == 0:
+            return None
+        angles = torch.empty(rows, device=images.device).uniform_(math.pi / 3, 5 * math.pi / 3)
+        return self.vision(rotate_hue(images[:rows], angles))
 
 
 def init_vision_weights(model: VLM, std: float) -> None:
