@@ -69,6 +69,11 @@ def load_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
+def object_class(colour: str, shape: str) -> tuple[int, int]:
+    """The object head's (colour, shape) classes of an object; 0 in either means none."""
+    return list(COLOURS).index(colour) + 1, SHAPES.index(shape) + 1
+
+
 def object_labels(record: dict, grid: int) -> torch.Tensor:
     """(2, grid, grid): the colour and shape class (1-based; 0 = none) of the object whose point lies in each
     patch; where two points share a patch, the object drawn later (on top) wins."""
@@ -76,8 +81,7 @@ def object_labels(record: dict, grid: int) -> torch.Tensor:
     for obj in record["objects"]:
         x, y = obj["point"]
         col, row = min(int(x / 100 * grid), grid - 1), min(int(y / 100 * grid), grid - 1)
-        labels[0, row, col] = list(COLOURS).index(obj["colour"]) + 1
-        labels[1, row, col] = SHAPES.index(obj["shape"]) + 1
+        labels[:, row, col] = torch.tensor(object_class(obj["colour"], obj["shape"]))
     return labels
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kiln.vlm.batches import load_image, object_labels
+from kiln.vlm.batches import load_image, object_class, object_labels
 from kiln.vlm.metrics import hit_points
 from kiln.vlm.model import VLM
 from kiln.vlm.points import NONE_ANSWER, parse_points
-from kiln.vlm.scenes import COLOURS, SHAPES
+from kiln.vlm.scenes import SHAPES
 from kiln.vlm.synth import record_masks
 
 NEAR = 10.0  # percent of the image: a wrong point farther than this from every object's point is "background"
@@ -112,9 +112,9 @@ def object_head_accuracy(model: VLM, directory: str | Path, records: list[dict],
         at_points = labels[:, 0] > 0
         right += [(guess[:, k][at_points] == labels[:, k][at_points]).sum().item() for k in (0, 1)]
         total += int(at_points.sum())
-        for (colour_name, shape_name), seen in guesses.items():
-            on_pair = (labels[:, 0] == list(COLOURS).index(colour_name) + 1) & \
-                      (labels[:, 1] == SHAPES.index(shape_name) + 1)
+        for pair, seen in guesses.items():
+            colour_class, shape_class = object_class(*pair)
+            on_pair = (labels[:, 0] == colour_class) & (labels[:, 1] == shape_class)
             seen.update(_shape_name(int(g)) for g in guess[:, 1][on_pair])
     out = {"images": len(images), "patches": total, "colour": right[0] / max(total, 1),
            "shape": right[1] / max(total, 1)}
