@@ -8,7 +8,7 @@ import torch
 
 from kiln.model.config import ModelConfig
 from kiln.model.presets import PRESETS
-from kiln.vlm.diagnose import landings, object_head_accuracy, point_errors, question_reading
+from kiln.vlm.diagnose import label_errors, landings, object_head_accuracy, point_errors, question_reading
 from kiln.vlm.model import N_COLOURS, VLM, VisionConfig, VLMConfig
 from kiln.vlm.synth import encode_rle
 
@@ -104,3 +104,20 @@ def test_question_reading_counts_answers_that_ignore_the_question():
     assert out == {"pairs": 3, "same_points": pytest.approx(1 / 3), "absent": 1, "none_said": 0.0}
     out = question_reading([star, circle, absent], [on_star, on_star, "There are none."])
     assert out == {"pairs": 3, "same_points": pytest.approx(1 / 3), "absent": 1, "none_said": 1.0}
+
+
+def test_label_errors_split_by_never_seen_pair_with_the_commonest_swap():
+    def asked(colour: str, shape: str) -> dict:
+        return {"target": {"colour": colour, "shape": shape}, "alt": f"{colour} {shape}"}
+
+    def said(alt: str) -> str:
+        return f'<point x="25.0" y="25.0" alt="{alt}">{alt}</point>'
+
+    records = [asked("blue", "hexagon")] * 3 + [asked("red", "star")] * 2 + [asked("red", "circle")]
+    answers = [said("blue circle"), said("blue circle"), said("blue hexagon"), said("red triangle"),
+               "There are none.", said("red circle")]  # "none" has no label: not counted
+    out = label_errors(records, answers, {("blue", "hexagon"), ("red", "star")})
+    assert out["unseen"] == {"answers": 4, "wrong": pytest.approx(3 / 4)}
+    assert out["seen"] == {"answers": 1, "wrong": 0.0}
+    assert out["commonest"] == ["blue hexagon", "blue circle", 2]
+    assert label_errors(records[-1:], answers[-1:], set())["commonest"] is None

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from kiln.vlm.points import NONE_ANSWER, format_count, format_points, parse_count, parse_points
+from kiln.vlm.points import NONE_ANSWER, format_count, format_points, parse_count, parse_labels, parse_points
 
 ONE = '<point x="61.5" y="40.6" alt="blue triangle">blue triangle</point>'
 TWO = '<points x1="10.0" y1="20.5" x2="61.5" y2="40.6" alt="blue triangles">blue triangles</points>'
@@ -94,3 +94,9 @@ def test_parse_count():
     assert parse_count(TWO) == 2  # points but no total: count the points
     assert parse_count("The answer is 2.5") is None
     assert parse_count("I cannot tell.") is None
+
+
+def test_parse_labels_reads_each_well_formed_tags_alt_in_order():
+    assert parse_labels(f"Counting the {TWO} shows a total of 2. {ONE}") == ["blue triangles", "blue triangle"]
+    assert parse_labels(NONE_ANSWER) == []
+    assert parse_labels('<point x="1.0" y="2.0" alt="a" alt="b">a</point>') == []  # a repeated name: not a tag

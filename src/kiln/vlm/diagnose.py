@@ -19,7 +19,7 @@ import torch
 from kiln.vlm.batches import load_image, object_class, object_labels
 from kiln.vlm.metrics import hit_points
 from kiln.vlm.model import VLM
-from kiln.vlm.points import NONE_ANSWER, parse_points
+from kiln.vlm.points import NONE_ANSWER, parse_labels, parse_points
 from kiln.vlm.scenes import SHAPES
 from kiln.vlm.synth import record_masks
 
@@ -65,6 +65,27 @@ def question_reading(records: list[dict], answers: list[str]) -> dict:
     said = sum(text.strip() == NONE_ANSWER for text in absent)
     return {"pairs": pairs, "same_points": same / pairs if pairs else 0.0,
             "absent": len(absent), "none_said": said / len(absent) if absent else 0.0}
+
+
+def label_errors(records: list[dict], answers: list[str], pairs: set[tuple[str, str]]) -> dict:
+    """Over answers with points: the share whose label (`alt`) names something other than the question's target,
+    for questions about a never-seen colour/shape pair (`pairs`) and for the rest, with the commonest swap. A model
+    whose decoder writes only pairs it has seen names a never-seen one wrongly however well its ViT sees."""
+    tally = {"unseen": Counter(), "seen": Counter()}
+    swaps: Counter[tuple[str, str]] = Counter()
+    for record, text in zip(records, answers, strict=True):
+        labels = parse_labels(text)
+        if not labels or "alt" not in record:
+            continue
+        group = tally["unseen" if (record["target"].get("colour"), record["target"].get("shape")) in pairs
+                      else "seen"]
+        group["answers"] += 1
+        if labels[0] != record["alt"]:
+            group["wrong"] += 1
+            swaps[record["alt"], labels[0]] += 1
+    out = {name: {"answers": group["answers"], "wrong": group["wrong"] / group["answers"] if group["answers"]
+                  else 0.0} for name, group in tally.items()}
+    return {**out, "commonest": [*swaps.most_common(1)[0][0], swaps.most_common(1)[0][1]] if swaps else None}
 
 
 def landings(record: dict, pred: list[tuple[float, float]]) -> list[str]:

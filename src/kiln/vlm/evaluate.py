@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 from kiln.data.tokenizer import eos_id
 from kiln.generate.sampling import generate
 from kiln.vlm.batches import SEPARATOR, load_image
-from kiln.vlm.diagnose import object_head_accuracy, point_errors, question_reading
+from kiln.vlm.diagnose import label_errors, object_head_accuracy, point_errors, question_reading
 from kiln.vlm.metrics import aggregate_point_scores, counting_scores, point_scores
 from kiln.vlm.model import VLM
 from kiln.vlm.points import NONE_ANSWER, parse_count, parse_points
@@ -112,8 +112,9 @@ def diagnosis(model: VLM, directory: str | Path, records: list[dict], answers: l
     """Which part fails (kiln.vlm.diagnose): the pointing answers' errors, and the ViT's object head alone."""
     pointed = [(r, a) for r, a in zip(records, answers, strict=True) if r["asked"] in POINTING]
     out = {"points": point_errors(*map(list, zip(*pointed, strict=True))) if pointed else None}
-    return {**out, "reading": question_reading(records, answers),
-            "vision": object_head_accuracy(model, directory, records, pairs=unseen_pairs(directory))}
+    pairs = unseen_pairs(directory)
+    return {**out, "reading": question_reading(records, answers), "labels": label_errors(records, answers, pairs),
+            "vision": object_head_accuracy(model, directory, records, pairs=pairs)}
 
 
 def unseen_pairs(directory: str | Path) -> set[tuple[str, str]]:
@@ -151,6 +152,13 @@ def _diagnosis_lines(diagnosis: dict) -> list[str]:
         lines.append(f"reads the question: same points for two questions about one image with different answers "
                      f"{reading['same_points']:.2f} ({reading['pairs']} pairs); \"{NONE_ANSWER}\" for absent "
                      f"targets {reading['none_said']:.2f} ({reading['absent']})")
+    if diagnosis.get("labels"):
+        labels = diagnosis["labels"]
+        swap = labels["commonest"]
+        lines.append(f"labels naming another object than asked: never-seen pairs {labels['unseen']['wrong']:.2f} "
+                     f"({labels['unseen']['answers']}), others {labels['seen']['wrong']:.2f} "
+                     f"({labels['seen']['answers']})" + (f"; most often {swap[0]} -> {swap[1]} ({swap[2]})"
+                                                         if swap else ""))
     if diagnosis.get("vision"):
         vision = diagnosis["vision"]
         lines.append(f"ViT object head alone, at the {vision['patches']} patches holding a point: colour "

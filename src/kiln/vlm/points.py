@@ -79,6 +79,16 @@ def parse_points(text: str) -> list[tuple[float, float]] | None:
     return points
 
 
+def parse_labels(text: str) -> list[str]:
+    """The `alt` label of every well-formed point tag in `text`, in written order: what the model says it points at."""
+    labels = []
+    for match in _TAG.finditer(text):
+        attributes = _attributes(match.group(2) or "")
+        if attributes and "alt" in attributes:
+            labels.append(attributes["alt"])
+    return labels
+
+
 def _tag_points(name: str, attribute_text: str) -> list[tuple[float, float]] | None:
     """The points of one tag's attributes, or None unless they are exactly x, y, alt (for <point>) or
     x1, y1, ..., xn, yn, alt (for <points>), each coordinate a plain number in [0, 100]."""
