@@ -67,6 +67,11 @@ def question_reading(records: list[dict], answers: list[str]) -> dict:
             "absent": len(absent), "none_said": said / len(absent) if absent else 0.0}
 
 
+def asks_about(record: dict, pairs: set[tuple[str, str]]) -> bool:
+    """Whether the question names one of `pairs` (colour and shape both)."""
+    return (record["target"]["colour"], record["target"]["shape"]) in pairs
+
+
 def label_errors(records: list[dict], answers: list[str], pairs: set[tuple[str, str]]) -> dict:
     """Over answers with points: the share whose label (`alt`) names something other than the question's target,
     for questions about a never-seen colour/shape pair (`pairs`) and for the rest, with the commonest swap. A model
@@ -77,8 +82,7 @@ def label_errors(records: list[dict], answers: list[str], pairs: set[tuple[str, 
         labels = parse_labels(text)
         if not labels or "alt" not in record:
             continue
-        group = tally["unseen" if (record["target"].get("colour"), record["target"].get("shape")) in pairs
-                      else "seen"]
+        group = tally["unseen" if asks_about(record, pairs) else "seen"]
         group["answers"] += 1
         if labels[0] != record["alt"]:
             group["wrong"] += 1

@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 from kiln.data.tokenizer import eos_id
 from kiln.generate.sampling import generate
 from kiln.vlm.batches import SEPARATOR, load_image
-from kiln.vlm.diagnose import label_errors, object_head_accuracy, point_errors, question_reading
+from kiln.vlm.diagnose import asks_about, label_errors, object_head_accuracy, point_errors, question_reading
 from kiln.vlm.metrics import aggregate_point_scores, counting_scores, point_scores
 from kiln.vlm.model import VLM
 from kiln.vlm.points import NONE_ANSWER, parse_count, parse_points
@@ -121,11 +121,6 @@ def unseen_pairs(directory: str | Path) -> set[tuple[str, str]]:
     """The (colour, shape) pairs the dataset kept out of its train and val images (meta.json)."""
     meta = json.loads((Path(directory) / "meta.json").read_text())
     return {tuple(pair) for pair in meta.get("held_out", [])}
-
-
-def asks_about(record: dict, pairs: set[tuple[str, str]]) -> bool:
-    """Whether the question names one of `pairs` (colour and shape both)."""
-    return (record["target"]["colour"], record["target"]["shape"]) in pairs
 
 
 def report_lines(result: dict) -> list[str]:
