@@ -82,6 +82,7 @@ def test_the_object_head_is_scored_at_the_patches_that_hold_a_point(tmp_path):
     out = object_head_accuracy(model, tmp_path, records)
     assert out["images"] == 1 and out["patches"] == 3
     assert out["colour"] == pytest.approx(2 / 3) and out["shape"] == pytest.approx(1 / 3)
+    assert out["none"] == 0.0 and out["spurious"] == 16 - 3  # it names red everywhere: the 13 empty patches too
     assert "pairs" not in out
     pairs = {("red", "star"), ("blue", "star"), ("red", "circle"), ("green", "square")}  # green square: not drawn
     out = object_head_accuracy(model, tmp_path, records, pairs=pairs)
@@ -89,6 +90,10 @@ def test_the_object_head_is_scored_at_the_patches_that_hold_a_point(tmp_path):
         "blue star": {"patches": 1, "shape": 0.0, "taken_for": "circle", "taken_for_share": 1.0},
         "red circle": {"patches": 1, "shape": 1.0, "taken_for": None, "taken_for_share": 0.0},
         "red star": {"patches": 1, "shape": 0.0, "taken_for": "circle", "taken_for_share": 1.0}}
+    with torch.no_grad():  # now "no colour" everywhere: every point patch missed, no empty one named
+        model.objects.proj.bias[0] = 10.0
+    out = object_head_accuracy(model, tmp_path, records)
+    assert out["colour"] == 0.0 and out["none"] == 1.0 and out["spurious"] == 0
 
 
 def test_question_reading_counts_answers_that_ignore_the_question():

@@ -140,6 +140,7 @@ def test_eval_writes_scores_answers_and_a_gallery_and_point_draws(data, tmp_path
     vision_pairs = diagnosis["vision"]["pairs"]  # the object head on never-seen pairs alone
     assert vision_pairs and set(vision_pairs) <= {f"{c} {s}" for c, s in held_out} and "  never-seen " in printed
     assert "why pointing misses" in printed and "ViT object head alone" in printed and "reads the question" in printed
+    assert "names no object at" in printed
     assert "labels naming another object than asked" in printed
     assert diagnosis["reading"]["absent"] == sum(r["count"] == 0 for r in test)
     answers = (tmp_path / "eval" / "answers.jsonl").read_text().splitlines()

@@ -119,14 +119,16 @@ def _miss(record: dict, point: tuple[float, float]) -> str:
 def object_head_accuracy(model: VLM, directory: str | Path, records: list[dict], batch_size: int = 64,
                          max_images: int = 500, pairs: Iterable[tuple[str, str]] = ()) -> dict | None:
     """The ViT's object head read on its own: at the patches that hold an object's point, the share where it names
-    the colour and the shape right; None when the model has no object head. For each (colour, shape) pair in
+    the colour and the shape right, and how it misses: `none`, the share of them where it names no object (the
+    point sits near a patch edge and the head names the neighbour), and `spurious`, the patches without a point
+    where it names one. None when the model has no object head. For each (colour, shape) pair in
     `pairs` (those never seen in training) also the shape share on that pair's objects alone and the shape it is
     most often taken for: a head that learned shape through colour fails there first."""
     if model.objects is None:
         return None
     images = list({r["image"]: r for r in records}.values())[:max_images]
     grid, device = model.cfg.vision.grid, next(model.parameters()).device
-    right, total = np.zeros(2), 0
+    right, total, none, spurious = np.zeros(2), 0, 0, 0
     guesses: dict[tuple[str, str], Counter] = {pair: Counter() for pair in pairs}
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
@@ -137,12 +139,14 @@ def object_head_accuracy(model: VLM, directory: str | Path, records: list[dict],
         at_points = labels[:, 0] > 0
         right += [(guess[:, k][at_points] == labels[:, k][at_points]).sum().item() for k in (0, 1)]
         total += int(at_points.sum())
+        none += int((guess[:, 0][at_points] == 0).sum())
+        spurious += int((guess[:, 0][~at_points] > 0).sum())
         for pair, seen in guesses.items():
             colour_class, shape_class = object_class(*pair)
             on_pair = (labels[:, 0] == colour_class) & (labels[:, 1] == shape_class)
             seen.update(_shape_name(int(g)) for g in guess[:, 1][on_pair])
     out = {"images": len(images), "patches": total, "colour": right[0] / max(total, 1),
-           "shape": right[1] / max(total, 1)}
+           "shape": right[1] / max(total, 1), "none": none / max(total, 1), "spurious": spurious}
     if guesses:
         out["pairs"] = {f"{c} {s}": _pair_shapes(s, seen) for (c, s), seen in sorted(guesses.items()) if seen}
     return out

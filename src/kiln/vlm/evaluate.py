@@ -157,7 +157,8 @@ def _diagnosis_lines(diagnosis: dict) -> list[str]:
     if diagnosis.get("vision"):
         vision = diagnosis["vision"]
         lines.append(f"ViT object head alone, at the {vision['patches']} patches holding a point: colour "
-                     f"{vision['colour']:.3f}  shape {vision['shape']:.3f}")
+                     f"{vision['colour']:.3f}  shape {vision['shape']:.3f}; names no object at "
+                     f"{vision['none']:.3f} of them, and one at {vision['spurious']} patches without a point")
         for pair, pair_result in vision.get("pairs", {}).items():
             taken = (f" (taken for {pair_result['taken_for']} {pair_result['taken_for_share']:.2f})"
                      if pair_result["taken_for"] else "")
