@@ -119,9 +119,9 @@ def _miss(record: dict, point: tuple[float, float]) -> str:
 def object_head_accuracy(model: VLM, directory: str | Path, records: list[dict], batch_size: int = 64,
                          max_images: int = 500, pairs: Iterable[tuple[str, str]] = ()) -> dict | None:
     """The ViT's object head read on its own: at the patches that hold an object's point, the share where it names
-    the colour and the shape right, and how it misses: `none`, the share of them where it names no object (the
-    point sits near a patch edge and the head names the neighbour), and `spurious`, the patches without a point
-    where it names one. None when the model has no object head. For each (colour, shape) pair in
+    the colour and the shape right, and how it misses: `none`, the share of them where it names no object (a point
+    near a patch edge may be given to the neighbouring patch), and `spurious`, the patches without a point where
+    it names one. None when the model has no object head. For each (colour, shape) pair in
     `pairs` (those never seen in training) also the shape share on that pair's objects alone and the shape it is
     most often taken for: a head that learned shape through colour fails there first."""
     if model.objects is None:
