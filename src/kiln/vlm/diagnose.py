@@ -89,7 +89,8 @@ def label_errors(records: list[dict], answers: list[str], pairs: set[tuple[str, 
             swaps[record["alt"], labels[0]] += 1
     out = {name: {"answers": group["answers"], "wrong": group["wrong"] / group["answers"] if group["answers"]
                   else 0.0} for name, group in tally.items()}
-    return {**out, "commonest": [*swaps.most_common(1)[0][0], swaps.most_common(1)[0][1]] if swaps else None}
+    commonest = swaps.most_common(1)
+    return {**out, "commonest": [*commonest[0][0], commonest[0][1]] if commonest else None}
 
 
 def landings(record: dict, pred: list[tuple[float, float]]) -> list[str]:
