@@ -8,7 +8,7 @@ import torch
 
 from kiln.model.config import ModelConfig
 from kiln.model.presets import PRESETS
-from kiln.vlm.diagnose import label_errors, landings, object_head_accuracy, point_errors, question_reading
+from kiln.vlm.diagnose import count_errors, label_errors, landings, object_head_accuracy, point_errors, question_reading
 from kiln.vlm.model import N_COLOURS, VLM, VisionConfig, VLMConfig
 from kiln.vlm.synth import encode_rle
 
@@ -126,3 +126,17 @@ def test_label_errors_split_by_never_seen_pair_with_the_commonest_swap():
     assert out["seen"] == {"answers": 1, "wrong": 0.0}
     assert out["commonest"] == ["blue hexagon", "blue circle", 2]
     assert label_errors(records[-1:], answers[-1:], set())["commonest"] is None
+
+
+def test_count_errors_split_wrong_counts_by_whether_they_follow_their_own_points():
+    three = {"count": 3}
+    two_points = '<points x1="10.0" y1="10.0" x2="20.0" y2="20.0" alt="star">star</points>'
+    answers = [f"Counting the {two_points} shows a total of 3.",  # right: not an error
+               f"Counting the {two_points} shows a total of 2.",  # follows its two points, too low
+               f"Counting the {two_points} shows a total of 5.",  # disagrees with them, too high
+               "There are none.",                                 # follows its (no) points, too low
+               "Counting the <points x1=",                        # malformed: no count
+               f"Counting the {two_points} shows"]                # no total: the two points give the count
+    out = count_errors([three] * 6, answers)
+    assert out == {"questions": 6, "wrong": 5, "follows_points": pytest.approx(3 / 5),
+                   "disagrees": pytest.approx(1 / 5), "no_count": pytest.approx(1 / 5), "too_low": pytest.approx(3 / 5)}

@@ -136,6 +136,8 @@ def test_eval_writes_scores_answers_and_a_gallery_and_point_draws(data, tmp_path
     diagnosis = result["diagnosis"]
     pointing = sum(r["asked"] in ("point", "count_point") for r in test)
     assert diagnosis["points"]["answers"] == pointing and sum(diagnosis["points"]["number"].values()) == 1
+    counting = sum(r["asked"] in ("count", "count_point") for r in test)
+    assert diagnosis["counts"]["questions"] == counting and "why counts miss" in printed
     assert diagnosis["vision"]["images"] == len({r["image"] for r in test})
     vision_pairs = diagnosis["vision"]["pairs"]  # the object head on never-seen pairs alone
     assert vision_pairs and set(vision_pairs) <= {f"{c} {s}" for c, s in held_out} and "  never-seen " in printed

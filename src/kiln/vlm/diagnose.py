@@ -19,7 +19,7 @@ import torch
 from kiln.vlm.batches import load_image, object_class, object_labels
 from kiln.vlm.metrics import hit_points
 from kiln.vlm.model import VLM
-from kiln.vlm.points import NONE_ANSWER, parse_labels, parse_points
+from kiln.vlm.points import NONE_ANSWER, parse_count, parse_labels, parse_points
 from kiln.vlm.scenes import SHAPES
 from kiln.vlm.synth import record_masks
 
@@ -45,6 +45,23 @@ def point_errors(records: list[dict], answers: list[str]) -> dict:
             "number": {k: number[k] / answered if answered else 0.0 for k in ("right", "too_many", "too_few",
                                                                                "malformed")},
             "landing": {k: landed[k] / points if points else 0.0 for k in LANDINGS}}
+
+
+def count_errors(records: list[dict], answers: list[str]) -> dict:
+    """Over counting questions answered wrong, the share whose count follows the answer's own (wrong) points, the
+    share whose count disagrees with them, and the share giving no count: the first is a pointing error, the other
+    two are the decoder failing to finish its answer; and how many wrong counts fall short of the truth."""
+    kinds: Counter[str] = Counter()
+    for record, text in zip(records, answers, strict=True):
+        count = parse_count(text)
+        if count == record["count"]:
+            continue
+        points = parse_points(text)
+        kinds["no_count" if count is None else "follows_points" if count == len(points or []) else "disagrees"] += 1
+        kinds["too_low"] += count is not None and count < record["count"]
+    wrong = sum(kinds[k] for k in ("follows_points", "disagrees", "no_count"))
+    return {"questions": len(records), "wrong": wrong,
+            **{k: kinds[k] / wrong if wrong else 0.0 for k in ("follows_points", "disagrees", "no_count", "too_low")}}
 
 
 def question_reading(records: list[dict], answers: list[str]) -> dict:

@@ -17,7 +17,14 @@ from tokenizers import Tokenizer
 from kiln.data.tokenizer import eos_id
 from kiln.generate.sampling import generate
 from kiln.vlm.batches import SEPARATOR, load_image
-from kiln.vlm.diagnose import asks_about, label_errors, object_head_accuracy, point_errors, question_reading
+from kiln.vlm.diagnose import (
+    asks_about,
+    count_errors,
+    label_errors,
+    object_head_accuracy,
+    point_errors,
+    question_reading,
+)
 from kiln.vlm.metrics import aggregate_point_scores, counting_scores, point_scores
 from kiln.vlm.model import VLM
 from kiln.vlm.points import NONE_ANSWER, parse_count, parse_points
@@ -109,9 +116,12 @@ def evaluate_split(model: VLM, tok: Tokenizer, directory: str | Path, split: str
 
 
 def diagnosis(model: VLM, directory: str | Path, records: list[dict], answers: list[str]) -> dict:
-    """Which part fails (kiln.vlm.diagnose): the pointing answers' errors, and the ViT's object head alone."""
+    """Which part fails (kiln.vlm.diagnose): the pointing and counting answers' errors, and the ViT's object head
+    alone."""
     pointed = [(r, a) for r, a in zip(records, answers, strict=True) if r["asked"] in POINTING]
-    out = {"points": point_errors(*map(list, zip(*pointed, strict=True))) if pointed else None}
+    counted = [(r, a) for r, a in zip(records, answers, strict=True) if r["asked"] in COUNTING]
+    out = {"points": point_errors(*map(list, zip(*pointed, strict=True))) if pointed else None,
+           "counts": count_errors(*map(list, zip(*counted, strict=True))) if counted else None}
     pairs = unseen_pairs(directory)
     return {**out, "reading": question_reading(records, answers), "labels": label_errors(records, answers, pairs),
             "vision": object_head_accuracy(model, directory, records, pairs=pairs)}
@@ -142,6 +152,11 @@ def _diagnosis_lines(diagnosis: dict) -> list[str]:
         landing = "  ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in points["landing"].items())
         lines += [f"why pointing misses ({points['answers']} answers, {points['points']} points)",
                   f"number of points  {number}", f"points landing    {landing}"]
+    if diagnosis.get("counts"):
+        counts = diagnosis["counts"]
+        lines.append(f"why counts miss ({counts['wrong']} of {counts['questions']} wrong): the count follows its own "
+                     f"points {counts['follows_points']:.2f}, disagrees with them {counts['disagrees']:.2f}, no count "
+                     f"{counts['no_count']:.2f}; below the truth {counts['too_low']:.2f}")
     if diagnosis.get("reading"):
         reading = diagnosis["reading"]
         lines.append(f"reads the question: same points for two questions about one image with different answers "
