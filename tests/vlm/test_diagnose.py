@@ -135,8 +135,9 @@ def test_count_errors_split_wrong_counts_by_whether_they_follow_their_own_points
                f"Counting the {two_points} shows a total of 2.",  # follows its two points, too low
                f"Counting the {two_points} shows a total of 5.",  # disagrees with them, too high
                "There are none.",                                 # follows its (no) points, too low
-               "Counting the <points x1=",                        # malformed: no count
-               f"Counting the {two_points} shows"]                # no total: the two points give the count
-    out = count_errors([three] * 6, answers)
-    assert out == {"questions": 6, "wrong": 5, "follows_points": pytest.approx(3 / 5),
-                   "disagrees": pytest.approx(1 / 5), "no_count": pytest.approx(1 / 5), "too_low": pytest.approx(3 / 5)}
+               "Counting the <points x1=",                        # malformed, no total: no count
+               f"Counting the {two_points} shows",                # points but no stated total: no count
+               'Counting the <points x1="1.0" alt="a">a</points> shows a total of 2.']  # broken tag: disagrees, low
+    out = count_errors([three] * 7, answers)
+    assert out == {"questions": 7, "wrong": 6, "follows_points": pytest.approx(2 / 6),
+                   "disagrees": pytest.approx(2 / 6), "no_count": pytest.approx(2 / 6), "too_low": pytest.approx(3 / 6)}

@@ -91,9 +91,18 @@ def test_parse_count():
     assert parse_count("There are none.") == 0
     assert parse_count("There are 3.") == 3
     assert parse_count("There is 1.") == 1
-    assert parse_count(TWO) == 2  # points but no total: count the points
+    assert parse_count("Seven.") == 7  # a number word, as Molmo reads them
+    assert parse_count(TWO) is None  # points but no stated total: the points are not counted, as in Molmo
+    assert parse_count("There are 3 of them.") is None  # the last word is no number
     assert parse_count("The answer is 2.5") is None
     assert parse_count("I cannot tell.") is None
+
+
+def test_parse_count_reads_a_stated_total_past_broken_tags():
+    broken = '<points x1="1.0" y1="2.0" x2="3.0" alt="a">a</points>'
+    assert parse_points(broken) is None
+    assert parse_count(f"Counting the {broken} shows a total of 2.") == 2
+    assert parse_count(f"a total of 4 {broken}") == 4  # "a total of N" anywhere, when the last word is no number
 
 
 def test_parse_labels_reads_each_well_formed_tags_alt_in_order():

@@ -4,7 +4,8 @@ Source: allenai/molmo `olmo/eval/evaluators.py` (`PointingEval`, `compute_precis
 `is_point_in_region`, `PointCountEval`). Pointing: predicted and true points are matched one-to-one by the
 Hungarian algorithm on Euclidean pixel distance; a matched pair is a hit only when the predicted point lies inside
 the matched object's mask; precision = hits / predicted, recall = hits / true. An image with no true points scores
-1 only if nothing is predicted. Counting: exact and within-one accuracy, and exact accuracy per true count.
+1 only if nothing is predicted. Counting: exact and within-one accuracy, and exact accuracy per true count, of the
+count read from the answer's words as PointCountEval reads them (`kiln.vlm.points.parse_count`).
 
 Where this differs from Molmo, on purpose:
 - Malformed output (`parse_points` -> None) scores 0 on every image; Molmo only checks the format when the image

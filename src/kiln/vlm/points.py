@@ -4,8 +4,8 @@ Points are (x, y) in percent of the image width and height (0-100), written with
 then y, so an answer has exactly one spelling and the model never has to guess an order:
 
     <point x="61.5" y="40.6" alt="blue triangle">blue triangle</point>
-    <points x1="10.0" y1="20.5" x2="61.5" y2="40.6" alt="blue triangles">blue triangles</points>
-    Counting the <points ...>blue triangles</points> shows a total of 2.
+    <points x1="10.0" y1="20.5" x2="61.5" y2="40.6" alt="blue triangle">blue triangle</points>
+    Counting the <points ...>blue triangle</points> shows a total of 2.
     There are none.
 
 The format follows allenai/molmo `olmo/data/data_formatter.py` (`points_to_text`, `format_points`). The parser
@@ -25,9 +25,11 @@ _TAG = re.compile(r"<(points?)(\s[^<>]*)?>[^<>]*</\1>")
 _TAG_FRAGMENT = re.compile(r"</?points?\b")
 _ATTRIBUTE = re.compile(r'\s+([A-Za-z]\w*)="([^"]*)"')
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
-# A whole number ending a sentence or the text: "a total of 3." counts 3, "a total of 3.5" counts nothing.
-_TOTAL = re.compile(r"\ba total of (\d+)\.?(?!\S)", re.IGNORECASE)
-_LAST_NUMBER = re.compile(r"(?:^|\s)(\d+)\.?$")
+# Molmo's PointCountEval reads these, in this order, from the lower-cased answer (see parse_count).
+_DIGITS = re.compile(r"[0-9]+")
+_NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+                 "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty")
+_TOTAL = re.compile(r"a total of ([0-9]+)")
 _NONE = re.compile(r"\bnone\b", re.IGNORECASE)
 
 
@@ -125,20 +127,19 @@ def _percent(value: str) -> float | None:
 
 
 def parse_count(text: str) -> int | None:
-    """The count an answer gives: N from "... shows a total of N." or "There are N.", 0 from "There are none.",
-    else the number of points it shows; None when its tags are malformed or it gives no count at all.
+    """The count an answer states, read as Molmo's PointCountEval reads it: the last word as a number ("... shows a
+    total of 3.", "There are 3."), else "a total of N" anywhere, else 0 for "none"; None when it states no count.
 
-    The order of checks follows Molmo's PointCountEval: an explicit total wins over the points listed."""
-    points = parse_points(text)
-    if points is None:
-        return None
-    text = text.strip()
-    for pattern in (_TOTAL, _LAST_NUMBER):
+    Only the words count, never the points: an answer listing three points and stating no total gives None, and a
+    broken tag does not void "a total of 3." (pointing scores that answer 0 instead)."""
+    text = text.strip().lower().rstrip(".").strip()
+    last = text.split()[-1].strip(". ") if text else ""
+    if _DIGITS.fullmatch(last):
+        return int(last)
+    if last in _NUMBER_WORDS:
+        return _NUMBER_WORDS.index(last)
+    for pattern in (_TOTAL, _NONE):
         match = pattern.search(text)
         if match:
-            return int(match.group(1))
-    if points:
-        return len(points)
-    if _NONE.search(text):
-        return 0
+            return int(match.group(1)) if match.groups() else 0
     return None
