@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from kiln.errors import KilnError
 from kiln.train.loss import loss_terms
 from kiln.vlm.batches import (
     IGNORE_INDEX,
@@ -95,8 +96,15 @@ def test_an_evaluation_pass_reads_every_record_once_in_order(data):
 def test_a_loader_for_another_dataset_size_refuses_the_state(data):
     tok, records = load_dataset_tokenizer(data), load_split(data, "train")
     loader = VLMLoader(data, records[:-1], tok, batch_size=2)
-    with pytest.raises(ValueError, match="the dataset changed"):
+    with pytest.raises(KilnError, match="the dataset changed"):
         loader.load_state_dict(VLMLoader(data, records, tok, batch_size=2).state_dict())
+
+
+def test_a_loader_with_another_seed_refuses_the_state(data):
+    tok, records = load_dataset_tokenizer(data), load_split(data, "train")
+    with pytest.raises(KilnError, match="seed=1 but this loader has 2"):
+        VLMLoader(data, records, tok, batch_size=2, seed=2).load_state_dict(
+            VLMLoader(data, records, tok, batch_size=2, seed=1).state_dict())
 
 
 def test_object_labels_mark_the_patch_holding_each_objects_point():

@@ -156,6 +156,11 @@ def test_eval_writes_scores_answers_and_a_gallery_and_point_draws(data, tmp_path
     Image.new("RGB", (32, 32)).save(tmp_path / "small.png")
     assert main(["vlm", "point", str(tmp_path / "run"), str(tmp_path / "small.png"), "Point to the stars."]) == 2
     assert "this model reads 48x48" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "meta.json").write_text(json.dumps({"image_size": [32, 32]}))
+    assert main(["vlm", "eval", str(tmp_path / "run"), str(other)]) == 2
+    assert "holds 32x32 images; the model reads 48x48" in capsys.readouterr().err
 
 
 def test_a_missing_dataset_says_how_to_make_one(tmp_path, capsys):
@@ -169,6 +174,16 @@ def test_activation_checkpointing_reaches_the_decoder_blocks(data, tmp_path):
                                  "--trainer.ac_every=2"])
     blocks = build_vlm_run(cfg).model.text.blocks
     assert [isinstance(b.forward, functools.partial) for b in blocks] == [True, False]
+
+
+@pytest.mark.parametrize(("setting", "named"), [
+    ("--schedule.units=tokens", "schedule.units"),
+    ("--model.parametrization=mup", "model.parametrization=mup"),
+    ("--vision.image_size=32", "holds 48x48 images; the model reads 32x32"),
+])
+def test_settings_a_vlm_run_cannot_honour_are_refused_by_name(data, tmp_path, capsys, setting, named):
+    assert _train(data, tmp_path / "run", 2, setting) == 2
+    assert named in capsys.readouterr().err and not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_a_whole_split_text_evaluation_is_refused_for_a_vlm(tmp_path, capsys):

@@ -21,6 +21,7 @@ from PIL import Image
 from tokenizers import Tokenizer
 
 from kiln.data.tokenizer import eos_id, train_bpe
+from kiln.errors import KilnError
 from kiln.vlm.scenes import COLOURS, SHAPES
 
 IGNORE_INDEX = -100
@@ -146,7 +147,13 @@ class VLMLoader:
                 "records": len(self.records)}
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume from `state_dict()`; refuses state from another loader version, seed or dataset, which would
+        silently change the order of the rest of the run."""
         if state["records"] != len(self.records):
-            raise ValueError(f"the checkpoint's loader read {state['records']} records, this split has "
-                             f"{len(self.records)}: the dataset changed")
+            raise KilnError(f"the checkpoint's loader read {state['records']} records, this split has "
+                            f"{len(self.records)}: the dataset changed")
+        for key, mine in (("version", STATE_VERSION), ("seed", self.seed)):
+            if state.get(key) != mine:
+                raise KilnError(f"loader state has {key}={state.get(key)!r} but this loader has {mine!r}; "
+                                "resume with the same trainer.seed and kiln version")
         self.epoch, self.position = state["epoch"], state["position"]

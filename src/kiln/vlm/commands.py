@@ -180,8 +180,10 @@ def run_eval(args: argparse.Namespace) -> int:
     from kiln.checkpoint import resolve_model_dir
     from kiln.vlm.evaluate import evaluate_split, report_lines
     from kiln.vlm.model import load_vlm
+    from kiln.vlm.synth import require_image_size
 
     model, tok = load_vlm(args.checkpoint)
+    require_image_size(args.data, model.cfg.vision.image_size)
     model_dir = resolve_model_dir(args.checkpoint)
     out = Path(args.out) if args.out else model_dir.parent / "eval"
     with tqdm(unit="question", desc="vlm eval") as bar:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from kiln.errors import KilnError
 from kiln.vlm.points import NONE_ANSWER, format_count, format_points
 from kiln.vlm.scenes import COLOURS, SHAPES, Scene, SceneConfig, draw_scene
 
@@ -355,3 +356,12 @@ def load_split(directory: str | Path, split: str, decode_masks: bool = False) ->
         for record in records:
             record["masks"] = record_masks(record)
     return records
+
+
+def require_image_size(directory: str | Path, size: int) -> None:
+    """Stop before training or scoring when a dataset's images (meta.json) are not the size the model reads, which
+    would otherwise fail deep in the ViT with a shape error."""
+    height, width = json.loads((Path(directory) / "meta.json").read_text())["image_size"]
+    if (height, width) != (size, size):
+        raise KilnError(f"{directory} holds {width}x{height} images; the model reads {size}x{size} "
+                        f"(vision.image_size={size})")

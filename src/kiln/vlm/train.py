@@ -38,7 +38,7 @@ from kiln.train.trainer import Callback, Trainer
 from kiln.vlm.batches import TOKENIZER_FILE, VLMLoader, load_dataset_tokenizer
 from kiln.vlm.evaluate import answer_records, score
 from kiln.vlm.model import VLM, VisionConfig, VLMConfig
-from kiln.vlm.synth import load_split
+from kiln.vlm.synth import load_split, require_image_size
 
 log = logging.getLogger("kiln.train")
 
@@ -65,6 +65,8 @@ class VLMTrainConfig(TrainConfig):
         self.vlm.validate()
         require(len(self.data.paths) == 1, "data.paths", self.data.paths, "one folder written by `kiln vlm data`")
         require(not self.data.intra_doc_masking, "data.intra_doc_masking", True, "false: a row is one question")
+        require(self.schedule.units == "steps", "schedule.units", self.schedule.units,
+                "steps: a VLM row's length varies with its answer, so tokens do not measure progress")
         require(not self.eval.full_at_end, "eval.full_at_end", self.eval.full_at_end,
                 "unset for a VLM run (`kiln vlm eval CKPT DATA` scores a whole split)")
 
@@ -110,8 +112,9 @@ class VLMEvaluator(Callback):
         for i, batch in enumerate(self.val_loader):
             if i == self.cfg.eval.max_batches:
                 break
-            logits = model(batch.input_ids.to(trainer.device), images=batch.images.to(trainer.device),
-                           prompt_lens=batch.prompt_lens)
+            with trainer.autocast():  # as training runs, and as kiln train's Evaluator scores
+                logits = model(batch.input_ids.to(trainer.device), images=batch.images.to(trainer.device),
+                               prompt_lens=batch.prompt_lens)
             nats += F.cross_entropy(logits.float().flatten(0, 1), batch.labels.to(trainer.device).flatten(),
                                     ignore_index=-100, reduction="sum").item()
             targets += int((batch.labels != -100).sum())
@@ -129,6 +132,7 @@ def open_vlm_data(cfg: VLMTrainConfig) -> Path:
     if not (data_dir / "train.jsonl").is_file() or not (data_dir / TOKENIZER_FILE).is_file():
         raise KilnError(f"data.paths={cfg.data.paths}: {data_dir} is not a VLM dataset folder; make one with "
                         f"`kiln vlm data --out {data_dir} --n 20000`")
+    require_image_size(data_dir, cfg.vision.image_size)
     return data_dir
 
 
@@ -143,6 +147,9 @@ def build_vlm_run(cfg: VLMTrainConfig, resume: bool | None = None) -> Run:
     run_dir, data_dir = Path(tc.run_dir), open_vlm_data(cfg)
     tok = load_dataset_tokenizer(data_dir)
     model_cfg = VLMConfig(cfg.vision, build_model_config(cfg, vocab_size(tok)), cfg.vlm.prefix_lm)
+    if model_cfg.text.parametrization != "standard":
+        raise KilnError(f"model.parametrization={model_cfg.text.parametrization}: a VLM run trains under standard "
+                        "parametrization only (muP's optimizer groups do not reach its decoder)")
     model = VLM(model_cfg).to(device)
     wrap_blocks(model.text, tc)  # checkpointing and compilation reach the decoder; the ViT is small
     optimizer = build_adamw(model, cfg.optim)
