@@ -11,7 +11,7 @@ prepared text dataset does (`kiln prepare`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,7 +135,7 @@ class VLMLoader:
                 yield self._batch(rows)
             self.epoch, self.position = self.epoch + 1, 0
 
-    def _batch(self, indices) -> VLMBatch:
+    def _batch(self, indices: Iterable[int]) -> VLMBatch:
         records = [self.records[int(i)] for i in indices]
         rows = [(load_image(self.directory / r["image"]), *encode_example(self.tok, r["question"], r["answer"]))
                 for r in records]

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -194,7 +198,7 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _advance(bar, done: int, total: int) -> None:
+def _advance(bar: tqdm, done: int, total: int) -> None:
     """Move a tqdm bar to `done` of `total` (the total is known once the split is read)."""
     bar.total = total
     bar.update(done - bar.n)

@@ -67,13 +67,13 @@ def answer_records(model: VLM, tok: Tokenizer, directory: str | Path, records: l
 def score(records: list[dict], answers: list[str]) -> dict[str, float | dict]:
     """Pointing precision/recall/F1 (averaged over questions) and counting accuracies of the answers."""
     pointing = [point_scores(parse_points(a), [tuple(p) for p in r["points"]], list(record_masks(r)))
-                for r, a in zip(records, answers, strict=True) if r["asked"] in POINTING]
-    counted = [(parse_count(a), r["count"]) for r, a in zip(records, answers, strict=True) if r["asked"] in COUNTING]
+                for r, a in zip(*select(records, answers, lambda r: r["asked"] in POINTING), strict=True)]
+    counted, counted_answers = select(records, answers, lambda r: r["asked"] in COUNTING)
     out: dict[str, float | dict] = {}
     if pointing:
         out.update({f"point_{k}": v for k, v in aggregate_point_scores(pointing).items()})
     if counted:
-        counts = counting_scores([p for p, _ in counted], [t for _, t in counted])
+        counts = counting_scores([parse_count(a) for a in counted_answers], [r["count"] for r in counted])
         out.update({f"count_{k}": v for k, v in counts.items()})
     return out
 
@@ -83,7 +83,6 @@ def evaluate_split(model: VLM, tok: Tokenizer, directory: str | Path, split: str
                    progress: Callable[[int, int], object] | None = None) -> dict:
     """Answer and score a split; write out/eval.json, out/answers.jsonl and out/gallery.html (first `gallery`
     questions, drawn). `progress(answered, total)` follows the answering, the long part."""
-    from kiln.vlm.gallery import draw_points, write_gallery
     from kiln.vlm.synth import load_split
 
     records = load_split(directory, split)[:limit]
@@ -91,19 +90,39 @@ def evaluate_split(model: VLM, tok: Tokenizer, directory: str | Path, split: str
     result = {"split": split, "questions": len(records), **score(records, answers)}
     unseen = unseen_pairs(directory)
     for name, keep in (("unseen_pair", True), ("seen_pair", False)):
-        chosen = [(r, a) for r, a in zip(records, answers, strict=True) if asks_about(r, unseen) is keep]
-        if chosen:
-            result[name] = {"questions": len(chosen), **score(*map(list, zip(*chosen, strict=True)))}
-    result["diagnosis"] = diagnosis(model, directory, records, answers)
+        chosen = select(records, answers, lambda r, keep=keep: asks_about(r, unseen) is keep)
+        if chosen[0]:
+            result[name] = {"questions": len(chosen[0]), **score(*chosen)}
+    result["diagnosis"] = diagnosis(model, directory, records, answers, unseen)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(result, indent=1))
-    with (out / "answers.jsonl").open("w") as f:
+    write_answers(out / "answers.jsonl", records, answers)
+    draw_gallery(out, directory, records[:gallery], answers[:gallery], f"kiln vlm eval: {split} split of {directory}")
+    return result
+
+
+def select(records: list[dict], answers: list[str], keep: Callable[[dict], bool]) -> tuple[list[dict], list[str]]:
+    """The records that `keep` accepts, and their answers."""
+    chosen = [(r, a) for r, a in zip(records, answers, strict=True) if keep(r)]
+    return [r for r, _ in chosen], [a for _, a in chosen]
+
+
+def write_answers(path: Path, records: list[dict], answers: list[str]) -> None:
+    """One JSON line per question: its id, the question, the model's answer and the true one."""
+    with path.open("w") as f:
         for record, text in zip(records, answers, strict=True):
             f.write(json.dumps({"id": record["id"], "question": record["question"], "answer": text,
                                 "truth": record["answer"]}) + "\n")
+
+
+def draw_gallery(out: Path, directory: str | Path, records: list[dict], answers: list[str], title: str) -> None:
+    """out/images/ID.png with the true and predicted points drawn, and out/gallery.html showing them with each
+    pointing answer's F1."""
+    from kiln.vlm.gallery import draw_points, write_gallery
+
     (out / "images").mkdir(exist_ok=True)
     rows = []
-    for record, text in list(zip(records, answers, strict=True))[:gallery]:
+    for record, text in zip(records, answers, strict=True):
         predicted, true = parse_points(text), [tuple(p) for p in record["points"]]
         with Image.open(Path(directory) / record["image"]) as image:
             draw_points(image, predicted, true).save(out / f"images/{record['id']}.png")
@@ -111,19 +130,18 @@ def evaluate_split(model: VLM, tok: Tokenizer, directory: str | Path, split: str
         rows.append({"image": f"images/{record['id']}.png", "question": record["question"], "answer": text,
                      "truth": record["answer"],
                      "f1": point_scores(predicted, true, list(record_masks(record)))["f1"] if pointing else None})
-    write_gallery(out, rows, f"kiln vlm eval: {split} split of {directory}")
-    return result
+    write_gallery(out, rows, title)
 
 
-def diagnosis(model: VLM, directory: str | Path, records: list[dict], answers: list[str]) -> dict:
+def diagnosis(model: VLM, directory: str | Path, records: list[dict], answers: list[str],
+              pairs: set[tuple[str, str]]) -> dict:
     """Which part fails (kiln.vlm.diagnose): the pointing and counting answers' errors, and the ViT's object head
-    alone."""
-    pointed = [(r, a) for r, a in zip(records, answers, strict=True) if r["asked"] in POINTING]
-    counted = [(r, a) for r, a in zip(records, answers, strict=True) if r["asked"] in COUNTING]
-    out = {"points": point_errors(*map(list, zip(*pointed, strict=True))) if pointed else None,
-           "counts": count_errors(*map(list, zip(*counted, strict=True))) if counted else None}
-    pairs = unseen_pairs(directory)
-    return {**out, "reading": question_reading(records, answers), "labels": label_errors(records, answers, pairs),
+    alone; `pairs` are the colour/shape pairs never seen in training."""
+    pointed = select(records, answers, lambda r: r["asked"] in POINTING)
+    counted = select(records, answers, lambda r: r["asked"] in COUNTING)
+    return {"points": point_errors(*pointed) if pointed[0] else None,
+            "counts": count_errors(*counted) if counted[0] else None,
+            "reading": question_reading(records, answers), "labels": label_errors(records, answers, pairs),
             "vision": object_head_accuracy(model, directory, records, pairs=pairs)}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -12,7 +13,7 @@ PREDICTED, TRUE = (230, 30, 30), (20, 200, 60)
 
 
 def draw_points(image: Image.Image, predicted: list[tuple[float, float]] | None,
-                true: list[tuple[float, float]] = ()) -> Image.Image:
+                true: Sequence[tuple[float, float]] = ()) -> Image.Image:
     """A SCALE-times larger copy with true points as green rings and predicted ones as red crosses (percent)."""
     big = image.convert("RGB").resize((image.width * SCALE, image.height * SCALE), Image.NEAREST)
     draw = ImageDraw.Draw(big)

@@ -22,11 +22,12 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -34,6 +35,8 @@ from PIL import Image
 from kiln.errors import KilnError
 from kiln.vlm.points import NONE_ANSWER, format_count, format_points
 from kiln.vlm.scenes import COLOURS, SHAPES, Scene, SceneConfig, draw_scene
+
+T = TypeVar("T")
 
 GENERATOR_VERSION = 4  # 2: records say which kind of question was asked ("asked"); 3: count answers point first;
 #                       4: distractors in groups, up to 8 (`plan_scene`); further questions often about other
@@ -111,7 +114,7 @@ def allowed_combos(split: str, cfg: SynthConfig) -> list[tuple[str, str]]:
     return combos if split == "test" else [combo for combo in combos if combo not in cfg.held_out]
 
 
-def _choice(rng: np.random.Generator, items: list):
+def _choice(rng: np.random.Generator, items: Sequence[T]) -> T:
     return items[int(rng.integers(len(items)))]
 
 
