@@ -1,14 +1,28 @@
-"""The choices around the wrapping that need no second process: strategy resolution and evaluation padding."""
+"""The choices around the wrapping that need no second process: device, strategy resolution, evaluation padding."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from kiln.data.dataset import TokenDataset
 from kiln.data.loader import InstanceLoader
-from kiln.distributed import resolve_strategy
+from kiln.distributed import pick_device, resolve_strategy
 from kiln.errors import KilnError
 from kiln.train.callbacks import Evaluator
+
+
+def test_a_device_name_torch_does_not_know_is_refused_under_the_option_the_user_set():
+    with pytest.raises(KilnError, match="--device='gpu' is not a device torch knows"):
+        pick_device("gpu", option="--device")
+    assert pick_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_without_a_gpu_is_refused_and_auto_falls_back_to_cpu():
+    with pytest.raises(KilnError, match="trainer.device='cuda' but no CUDA device"):
+        pick_device("cuda")
+    assert pick_device("auto") == torch.device("cpu")
 
 
 def test_auto_is_unwrapped_on_one_process_and_fsdp_on_several():

@@ -39,6 +39,21 @@ def is_rank0() -> bool:
     return rank() == 0
 
 
+def pick_device(name: str, option: str = "trainer.device") -> torch.device:
+    """`auto` and `cuda` mean this process's GPU: torchrun's LOCAL_RANK picks it among the node's.
+
+    `option` is how the user spelled the setting, so an error names what to change."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise KilnError(f"{option}={name!r} is not a device torch knows; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise KilnError(f"{option}={name!r} but no CUDA device is available; use cpu or auto")
+    return torch.device("cuda", local_rank()) if name == "cuda" else device
+
+
 def init_distributed(device_type: str, timeout_s: float, force: bool = False) -> bool:
     """Join the process group of a torchrun launch (NCCL on GPU, gloo on CPU); True when this call created it.
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from kiln.faults.doctor import Probe, describe_platform, format_table, overall_status, pick_device, run_checks
+from kiln.distributed import pick_device
+from kiln.faults.doctor import Probe, describe_platform, format_table, overall_status, run_checks
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,14 +38,13 @@ def _join_job(device: torch.device) -> tuple[torch.device, bool]:
     if dist.is_initialized():
         return device, False
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device, True
 
 
 def run_doctor(args: argparse.Namespace) -> int:
-    device = pick_device(args.device)
+    device = pick_device(args.device, option="--device")
     distributed, initialised = in_distributed_job(), False
     if distributed:
         device, initialised = _join_job(device)

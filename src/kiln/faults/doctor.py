@@ -24,8 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kiln.errors import KilnError
-
 STATUSES = ("pass", "warn", "fail")
 CPU_MIN_FLOPS = 1e9  # below 1 GFLOP/s a CPU matmul is broken, not slow
 CPU_MIN_COPY_BYTES_S = 1e9
@@ -66,16 +64,6 @@ class Probe:
 
     def seconds(self) -> float:
         return 0.15 if self.quick else 0.5
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise KilnError(f"--device {name!r} is not one of auto, cpu, cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise KilnError("--device cuda but no CUDA device is available; use cpu or auto")
-    return torch.device(name)
 
 
 def rate(probe: Probe, fn: Callable[[], object], seconds: float) -> float:

@@ -20,12 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from kiln.distributed import pick_device
 from kiln.errors import KilnError
 from kiln.model.transformer import Transformer
 from kiln.optim.adamw import build_adamw
 from kiln.train.config import TrainConfig, load_config
 from kiln.train.loss import loss_terms
-from kiln.train.run import build_loaders, build_model_config, open_datasets, pick_device
+from kiln.train.run import build_loaders, build_model_config, open_datasets
 
 # |slope| allowed, in doublings of mean |x| per doubling of width: halfway between muP's 0 and the smallest growth
 # standard parametrization predicts for Adam (+0.5 per doubling, a sum of d aligned terms over sqrt(d) at init).

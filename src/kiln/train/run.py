@@ -36,16 +36,6 @@ from kiln.train.wrapping import apply_activation_checkpointing, compile_blocks, 
 log = logging.getLogger("kiln.train")
 
 
-def pick_device(name: str) -> torch.device:
-    """`auto` and `cuda` mean this process's GPU: torchrun's LOCAL_RANK picks it among the node's."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise KilnError(f"trainer.device={name!r} but no CUDA device is available; use cpu or auto")
-    return torch.device("cuda", distributed.local_rank()) if name == "cuda" else device
-
-
 def settle_precision(tc: TrainerConfig, device: torch.device) -> None:
     """Replace `trainer.precision=auto` by what this device computes faster (kiln.train.flops.auto_precision),
     before anything reads it; every rank takes rank 0's choice, so a sharded model computes in one dtype."""
@@ -206,7 +196,7 @@ def build_run(cfg: TrainConfig, resume: bool | None = None) -> Run:
     tc = cfg.trainer
     world_size = distributed.world_size()
     strategy = distributed.resolve_strategy(cfg.distributed.strategy, world_size)
-    device = pick_device(tc.device)
+    device = distributed.pick_device(tc.device)
     if device.type == "cpu" and tc.threads:
         torch.set_num_threads(tc.threads)
     settle_precision(tc, device)
@@ -307,7 +297,7 @@ def train(cfg: TrainConfig, resume: bool | None = None) -> Run:
     Under torchrun this joins the process group first; an error on any rank then ends every rank (see
     `distributed.exit_together`) rather than leaving the others waiting in a collective.
     """
-    device_type = pick_device(cfg.trainer.device).type
+    device_type = distributed.pick_device(cfg.trainer.device).type
     owns_group = distributed.init_distributed(device_type, cfg.distributed.timeout_s,
                                               force=cfg.distributed.strategy not in ("auto", "none"))
     with distributed.exit_together():

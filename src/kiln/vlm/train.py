@@ -17,6 +17,7 @@ import yaml
 
 from kiln.config import ConfigKeyError, require, require_non_negative, require_positive
 from kiln.data.tokenizer import vocab_size
+from kiln.distributed import pick_device
 from kiln.errors import KilnError
 from kiln.model.config import flops_per_token
 from kiln.optim.adamw import build_adamw
@@ -28,7 +29,6 @@ from kiln.train.run import (
     build_model_config,
     fit_run,
     maybe_resume,
-    pick_device,
     resolve_loss_chunk,
     settle_precision,
     start_point,
