@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 SCALE = 4  # 96 px scenes are drawn 4x larger so a point's marker does not hide the shape
-PREDICTED, TRUE = (230, 30, 30), (20, 200, 60)
+PREDICTED, TRUE, HALO = (230, 30, 30), (20, 200, 60), (255, 255, 255)
 
 
 def draw_points(image: Image.Image, predicted: list[tuple[float, float]] | None,
@@ -17,14 +17,22 @@ def draw_points(image: Image.Image, predicted: list[tuple[float, float]] | None,
     """A SCALE-times larger copy with true points as green rings and predicted ones as red crosses (percent)."""
     big = image.convert("RGB").resize((image.width * SCALE, image.height * SCALE), Image.NEAREST)
     draw = ImageDraw.Draw(big)
-    for x, y in true:
-        cx, cy = x / 100 * big.width, y / 100 * big.height
-        draw.ellipse([cx - 9, cy - 9, cx + 9, cy + 9], outline=TRUE, width=3)
-    for x, y in predicted or []:
-        cx, cy = x / 100 * big.width, y / 100 * big.height
-        draw.line([cx - 7, cy - 7, cx + 7, cy + 7], fill=PREDICTED, width=3)
-        draw.line([cx - 7, cy + 7, cx + 7, cy - 7], fill=PREDICTED, width=3)
+    for colour, width in ((HALO, 7), (None, 3)):  # a white halo first, so a red cross shows on a red star
+        for x, y in true:
+            _ring(draw, x / 100 * big.width, y / 100 * big.height, colour or TRUE, width)
+        for x, y in predicted or []:
+            _cross(draw, x / 100 * big.width, y / 100 * big.height, colour or PREDICTED, width)
     return big
+
+
+def _ring(draw: ImageDraw.ImageDraw, cx: float, cy: float, colour: tuple[int, int, int], width: int) -> None:
+    r = 9 + (width - 3) // 2
+    draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=width)
+
+
+def _cross(draw: ImageDraw.ImageDraw, cx: float, cy: float, colour: tuple[int, int, int], width: int) -> None:
+    draw.line([cx - 7, cy - 7, cx + 7, cy + 7], fill=colour, width=width)
+    draw.line([cx - 7, cy + 7, cx + 7, cy - 7], fill=colour, width=width)
 
 
 def write_gallery(out: Path, rows: list[dict], title: str) -> Path:
