@@ -212,3 +212,15 @@ def test_answering_reports_progress_after_each_batch(data, tmp_path):
     answers = answer_records(model, tok, data, records, batch_size=3, max_new_tokens=4,
                              progress=lambda done, total: calls.append((done, total)))
     assert len(answers) == 7 and calls == [(3, 7), (6, 7), (7, 7)]
+
+
+def test_the_pointing_recipe_is_the_documented_run_18_bar_its_folder():
+    """recipes/vlm/pointing.yaml reproduces the run docs/vlm.md reports (its config.yaml, committed beside it)."""
+    import yaml
+
+    root = Path(__file__).parents[2]
+    recipe = load_vlm_config(root / "recipes/vlm/pointing.yaml").to_dict()
+    run18 = yaml.safe_load((root / "docs/vlm/run18/config.yaml").read_text())
+    assert recipe["trainer"].pop("run_dir") == "runs/vlm-pointing"
+    run18["trainer"].pop("run_dir")
+    assert recipe == run18
