@@ -7,7 +7,9 @@ from kiln.config import ConfigKeyError, parse_overrides
 from kiln.model.config import ConfigError
 from kiln.train.config import TrainConfig, load_config
 
-RECIPES = sorted(p for p in (Path(__file__).parents[2] / "recipes").rglob("*.yaml") if p.parent.name != "ladder")
+# The ladder's specs and the VLM's recipes are not `kiln train` recipes; tests/ladder and tests/vlm load those.
+RECIPES = sorted(p for p in (Path(__file__).parents[2] / "recipes").rglob("*.yaml")
+                 if p.parent.name not in ("ladder", "vlm"))
 
 
 def test_recipes_exist():
