@@ -12,9 +12,10 @@ from kiln.errors import KilnError
 from kiln.train.callbacks import Evaluator
 
 
-def test_a_device_name_torch_does_not_know_is_refused_under_the_option_the_user_set():
-    with pytest.raises(KilnError, match="--device='gpu' is not a device torch knows"):
-        pick_device("gpu", option="--device")
+@pytest.mark.parametrize("name", ["gpu", "meta"])
+def test_a_device_kiln_does_not_run_on_is_refused_under_the_option_the_user_set(name):
+    with pytest.raises(KilnError, match=f"trainer.device='{name}' is not a device Kiln runs on"):
+        pick_device(name)
     assert pick_device("cpu") == torch.device("cpu")
 
 

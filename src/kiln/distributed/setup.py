@@ -48,7 +48,9 @@ def pick_device(name: str, option: str = "trainer.device") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise KilnError(f"{option}={name!r} is not a device torch knows; use auto, cpu, cuda or cuda:N") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise KilnError(f"{option}={name!r} is not a device Kiln runs on; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise KilnError(f"{option}={name!r} but no CUDA device is available; use cpu or auto")
     return torch.device("cuda", local_rank()) if name == "cuda" else device
