@@ -128,6 +128,8 @@ def test_eval_writes_scores_answers_and_a_gallery_and_point_draws(data, tmp_path
     test = load_split(data, "test")
     assert "vlm eval: 100%" in captured.err and f"{len(test)}/{len(test)}" in captured.err  # the progress bar
     assert result["questions"] == len(test) and 0 <= result["point_f1"] <= 1
+    assert result["checkpoint"] == str(tmp_path / "run" / "step000004") and result["answer_seconds"] > 0
+    assert f"test: {len(test)} questions of {tmp_path / 'run' / 'step000004'}, answered in " in printed
     held_out = {tuple(pair) for pair in json.loads((data / "meta.json").read_text())["held_out"]}
     unseen = sum((r["target"]["colour"], r["target"]["shape"]) in held_out for r in test)
     assert result["unseen_pair"]["questions"] == unseen > 0  # every test image asks about an unseen pair first

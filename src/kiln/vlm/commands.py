@@ -192,7 +192,7 @@ def run_eval(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else model_dir.parent / "eval"
     with tqdm(unit="question", desc="vlm eval") as bar:
         result = evaluate_split(model, tok, Path(args.data), args.split, out, args.limit,
-                                progress=lambda done, total: _advance(bar, done, total))
+                                progress=lambda done, total: _advance(bar, done, total), checkpoint=str(model_dir))
     print("\n".join(report_lines(result)))
     print(f"wrote {out}/eval.json, answers.jsonl and gallery.html")
     return 0

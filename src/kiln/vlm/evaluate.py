@@ -7,6 +7,7 @@ versions included); counting on every question that asks for a number ("count" a
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -80,14 +81,17 @@ def score(records: list[dict], answers: list[str]) -> dict[str, float | dict]:
 
 def evaluate_split(model: VLM, tok: Tokenizer, directory: str | Path, split: str, out: Path, limit: int | None = None,
                    batch_size: int = 64, gallery: int = 48,
-                   progress: Callable[[int, int], object] | None = None) -> dict:
+                   progress: Callable[[int, int], object] | None = None, checkpoint: str | None = None) -> dict:
     """Answer and score a split; write out/eval.json, out/answers.jsonl and out/gallery.html (first `gallery`
-    questions, drawn). `progress(answered, total)` follows the answering, the long part."""
+    questions, drawn). `progress(answered, total)` follows the answering, the long part; `checkpoint` (the step
+    folder the model came from) and the answering time go into eval.json, so a score says what it scored."""
     from kiln.vlm.synth import load_split
 
     records = load_split(directory, split)[:limit]
+    start = time.perf_counter()
     answers = answer_records(model, tok, directory, records, batch_size, progress=progress)
-    result = {"split": split, "questions": len(records), **score(records, answers)}
+    result = {"split": split, "questions": len(records), "checkpoint": checkpoint,
+              "answer_seconds": round(time.perf_counter() - start, 1), **score(records, answers)}
     unseen = unseen_pairs(directory)
     for name, keep in (("unseen_pair", True), ("seen_pair", False)):
         chosen = select(records, answers, lambda r, keep=keep: asks_about(r, unseen) is keep)
@@ -151,10 +155,17 @@ def unseen_pairs(directory: str | Path) -> set[tuple[str, str]]:
     return {tuple(pair) for pair in meta.get("held_out", [])}
 
 
+def _title(result: dict) -> str:
+    """"test: 6000 questions", with the checkpoint and the answering time when eval.json has them."""
+    where = f" of {result['checkpoint']}" if result.get("checkpoint") else ""
+    took = f", answered in {result['answer_seconds']:.0f} s" if result.get("answer_seconds") is not None else ""
+    return f"{result['split']}: {result['questions']} questions{where}{took}"
+
+
 def report_lines(result: dict) -> list[str]:
     """The evaluation as a few plain lines: pointing, counting, counting per true count; then the questions about
     colour/shape pairs never seen in training apart from the others."""
-    lines = _score_lines(result, f"{result['split']}: {result['questions']} questions")
+    lines = _score_lines(result, _title(result))
     for name, title in (("unseen_pair", "about a colour/shape pair never seen in training"),
                         ("seen_pair", "about anything else")):
         if name in result:
