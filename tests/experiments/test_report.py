@@ -173,3 +173,10 @@ def test_downstream_tasks_get_their_primary_metric_against_steps_with_the_chance
     assert curve.get_ydata().tolist() == pytest.approx([0.24, 0.28, 0.32])
     assert chance.get_linestyle() == "--" and list(chance.get_ydata()) == [0.25, 0.25]
     assert "acc_uncond" in ax.get_title()
+
+
+def test_the_loss_axis_turns_logarithmic_only_when_the_losses_span_more_than_tenfold(tmp_path):
+    falling = [{**r, "loss": 6.0 * 0.8 ** r["step"]} for r in fake_metrics(30, monitor=False)]  # 4.8 down to 0.007
+    flat = [{**r, "loss": 4.0 - 0.02 * r["step"]} for r in fake_metrics(30, monitor=False)]
+    assert plot_loss([read_run(write_run(tmp_path / "falling", falling))]).axes[0].get_yscale() == "log"
+    assert plot_loss([read_run(write_run(tmp_path / "flat", flat))]).axes[0].get_yscale() == "linear"

@@ -58,11 +58,19 @@ def _plot_curve(ax, run: RunLog, key: str, color: str, smooth: int) -> None:
     ax.plot(steps, values, color=color, linewidth=1.4, label=run.label)
 
 
+def _spans_a_decade(runs: list[RunLog], keys: tuple[str, ...]) -> bool:
+    """Whether the values of `keys` across runs span more than 10x: a run that starts near ln(vocab) and ends far
+    below it (a small VLM: 6.3 down to 0.09) leaves its later differences flat on a linear axis."""
+    values = [v for run in runs for key in keys for v in run.series(key)[1] if v > 0]
+    return bool(values) and max(values) > 10 * min(values)
+
+
 def plot_loss(runs: list[RunLog], smooth: int = 1) -> Figure | None:
     """Train loss per run, validation points, and a ring on each loss-spike step."""
     if not any(run.series("loss")[0] for run in runs):
         return None
-    fig, ax = _new_axes("loss" + (f" ({smooth}-step moving average)" if smooth > 1 else ""), "loss")
+    fig, ax = _new_axes("loss" + (f" ({smooth}-step moving average)" if smooth > 1 else ""), "loss",
+                        logy=_spans_a_decade(runs, ("loss", "val_loss")))
     for i, run in enumerate(runs):
         color = f"C{i % 10}"
         _plot_curve(ax, run, "loss", color, smooth)
