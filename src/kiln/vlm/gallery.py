@@ -31,8 +31,9 @@ def _ring(draw: ImageDraw.ImageDraw, cx: float, cy: float, colour: tuple[int, in
 
 
 def _cross(draw: ImageDraw.ImageDraw, cx: float, cy: float, colour: tuple[int, int, int], width: int) -> None:
-    draw.line([cx - 7, cy - 7, cx + 7, cy + 7], fill=colour, width=width)
-    draw.line([cx - 7, cy + 7, cx + 7, cy - 7], fill=colour, width=width)
+    h = 7 + (width - 3) // 2  # a wider stroke reaches past the ends too: lines end flat
+    draw.line([cx - h, cy - h, cx + h, cy + h], fill=colour, width=width)
+    draw.line([cx - h, cy + h, cx + h, cy - h], fill=colour, width=width)
 
 
 def write_gallery(out: Path, rows: list[dict], title: str) -> Path:
