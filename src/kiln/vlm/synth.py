@@ -40,7 +40,7 @@ T = TypeVar("T")
 
 GENERATOR_VERSION = 4  # 2: records say which kind of question was asked ("asked"); 3: count answers point first;
 #                       4: distractors in groups, up to 8 (`plan_scene`); further questions often about other
-#                          objects than the first (`second_target`)
+#                          objects than the first (`further_target`)
 SPLITS = ("train", "val", "test")
 KINDS = ("point", "count", "count_point")  # plus "absent", for any kind whose target is not in the image
 DEFAULT_HELD_OUT: tuple[tuple[str, str], ...] = (
@@ -150,8 +150,8 @@ def _sample_target(rng: np.random.Generator, combos: list[tuple[str, str]]) -> T
     return Target(colour=colour) if draw < 0.75 else Target(shape=shape)
 
 
-def second_target(rng: np.random.Generator, scene: Scene, split: str, cfg: SynthConfig,
-                  exclude: list[Target]) -> Target:
+def further_target(rng: np.random.Generator, scene: Scene, split: str, cfg: SynthConfig,
+                   exclude: list[Target]) -> Target:
     """A target for a further question. With chance `absent_share` it is absent from the scene (never a held-out pair
     outside test, which would teach that those pairs do not exist); otherwise one of the counts the scene's
     targets have, with odds proportional to the count, then a target with that count: most pairs in a scene
@@ -235,7 +235,7 @@ def make_image(cfg: SynthConfig, index: int) -> tuple[bytes, list[dict]]:
     scene = draw_scene(rng, specs, SceneConfig(size=cfg.size))
     targets = [target]
     while len(targets) < cfg.questions_per_image:
-        targets.append(second_target(rng, scene, split, cfg, targets))
+        targets.append(further_target(rng, scene, split, cfg, targets))
     image_path = f"images/{index:06d}.png"
     objects = [{"colour": o.colour, "shape": o.shape, "point": list(percent(o.point, scene.image.shape))}
                for o in scene.objects]
