@@ -8,7 +8,15 @@ import torch
 
 from kiln.model.config import ModelConfig
 from kiln.model.presets import PRESETS
-from kiln.vlm.diagnose import count_errors, label_errors, landings, object_head_accuracy, point_errors, question_reading
+from kiln.vlm.diagnose import (
+    count_errors,
+    label_errors,
+    landings,
+    missed_targets,
+    object_head_accuracy,
+    point_errors,
+    question_reading,
+)
 from kiln.vlm.model import N_COLOURS, VLM, VisionConfig, VLMConfig
 from kiln.vlm.synth import encode_rle
 
@@ -61,6 +69,21 @@ def test_point_errors_share_out_answers_by_number_and_points_by_landing():
     assert out["number"] == {"right": 0.25, "too_many": 0.25, "too_few": 0.25, "malformed": 0.25}
     assert out["landing"] == pytest.approx({"hit": 2 / 3, "beside_target": 0.0, "wrong_shape": 1 / 3,
                                             "wrong_colour": 0.0, "wrong_object": 0.0, "background": 0.0})
+
+
+def test_missed_targets_are_placed_in_the_sorted_list_and_by_whether_they_share_a_column():
+    star = {"colour": "red", "shape": "star"}
+    row = _record(star, [{**star, "point": [x, 50.0]} for x in (25.0, 50.0, 75.0)], [0, 1, 2])
+    column = _record(star, [{**star, "point": [40.0, 25.0]}, {**star, "point": [42.0, 75.0]}], [0, 1])
+    single = _record(star, OBJECTS, [0])
+    answers = ['<points x1="25.0" y1="50.0" x2="75.0" y2="50.0" alt="red star">red star</points>',  # middle missed
+               '<point x="40.0" y="25.0" alt="red star">red star</point>',  # the second of one column missed
+               "There are none.", "<point x=", '<point x="24.0" y="24.0" alt="red star">red star</point>']
+    out = missed_targets([row, column, row, row, single], answers)
+    # 3 + 2 targets from the first two answers, 3 more from "none" (all missed); the malformed and the single skipped
+    assert out["targets"] == 8 and out["missed"] == pytest.approx(5 / 8)
+    assert out["missed_by_place"] == pytest.approx({"first": 1 / 3, "middle": 2 / 2, "last": 2 / 3})
+    assert out["column"] == pytest.approx({"missed": 1 / 5, "found": 1 / 3})
 
 
 def test_the_object_head_is_scored_at_the_patches_that_hold_a_point(tmp_path):

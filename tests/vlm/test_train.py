@@ -15,6 +15,7 @@ from kiln.cli import main
 from kiln.vlm.batches import TOKENIZER_FILE, write_tokenizer
 from kiln.vlm.evaluate import answer_records
 from kiln.vlm.model import load_vlm
+from kiln.vlm.points import parse_points
 from kiln.vlm.synth import SynthConfig, load_split, write_dataset
 from kiln.vlm.train import build_vlm_run, load_vlm_config
 
@@ -149,6 +150,9 @@ def test_eval_writes_scores_answers_and_a_gallery_and_point_draws(data, tmp_path
     assert diagnosis["reading"]["absent"] == sum(r["count"] == 0 for r in test)
     answers = (tmp_path / "eval" / "answers.jsonl").read_text().splitlines()
     assert [json.loads(a)["id"] for a in answers] == [r["id"] for r in test]
+    listed = [len(r["points"]) for r, a in zip(test, answers) if len(r["points"]) >= 2
+              and parse_points(json.loads(a)["answer"]) is not None]  # every kind of question, malformed ones aside
+    assert diagnosis["missed"]["targets"] == sum(listed)
     assert (tmp_path / "eval" / "gallery.html").read_text().count("<img ") == len(test)
 
     image = data / test[0]["image"]

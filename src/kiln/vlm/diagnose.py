@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from kiln.vlm.batches import load_image, object_class, object_labels
-from kiln.vlm.metrics import hit_points
+from kiln.vlm.metrics import hit_points, in_mask, to_pixels
 from kiln.vlm.model import VLM
 from kiln.vlm.points import NONE_ANSWER, parse_count, parse_labels, parse_points
 from kiln.vlm.scenes import SHAPES
@@ -62,6 +62,35 @@ def count_errors(records: list[dict], answers: list[str]) -> dict:
     wrong = sum(kinds[k] for k in ("follows_points", "disagrees", "no_count"))
     return {"questions": len(records), "wrong": wrong,
             **{k: kinds[k] / wrong if wrong else 0.0 for k in ("follows_points", "disagrees", "no_count", "too_low")}}
+
+
+COLUMN = 3.0  # percent of the width: two targets this close in x share a column of the x-then-y sorted list
+
+
+def missed_targets(records: list[dict], answers: list[str]) -> dict:
+    """Over answers with points to questions with two or more targets: how often a target gets no predicted point
+    inside its mask, by its place in the true list (sorted by x, then y: first, middle, last), and how many missed
+    and found targets share a column (x within COLUMN percent) with another target. A decoder that loses its place
+    in a long list misses late and same-column targets most."""
+    tally: Counter[str] = Counter()
+    for record, text in zip(records, answers, strict=True):
+        pred, true = parse_points(text), [tuple(p) for p in record["points"]]
+        if pred is None or len(true) < 2:
+            continue
+        masks = record_masks(record)
+        for place, i in enumerate(sorted(range(len(true)), key=lambda j: true[j])):
+            where = "first" if place == 0 else "last" if place == len(true) - 1 else "middle"
+            found = any(in_mask(p, masks[i]) for p in to_pixels(pred, *masks[i].shape))
+            kind = "found" if found else "missed"
+            tally[where] += 1
+            tally[f"{where}_{kind}"] += 1
+            tally[kind] += 1
+            tally[f"{kind}_column"] += min(abs(true[i][0] - true[j][0]) for j in range(len(true)) if j != i) <= COLUMN
+    targets = tally["found"] + tally["missed"]
+    return {"targets": targets, "missed": tally["missed"] / targets if targets else 0.0,
+            "missed_by_place": {w: tally[f"{w}_missed"] / tally[w] if tally[w] else 0.0
+                                for w in ("first", "middle", "last")},
+            "column": {k: tally[f"{k}_column"] / tally[k] if tally[k] else 0.0 for k in ("missed", "found")}}
 
 
 def question_reading(records: list[dict], answers: list[str]) -> dict:

@@ -22,6 +22,7 @@ from kiln.vlm.diagnose import (
     asks_about,
     count_errors,
     label_errors,
+    missed_targets,
     object_head_accuracy,
     point_errors,
     question_reading,
@@ -144,7 +145,7 @@ def diagnosis(model: VLM, directory: str | Path, records: list[dict], answers: l
     pointed = select(records, answers, lambda r: r["asked"] in POINTING)
     counted = select(records, answers, lambda r: r["asked"] in COUNTING)
     return {"points": point_errors(*pointed) if pointed[0] else None,
-            "counts": count_errors(*counted) if counted[0] else None,
+            "counts": count_errors(*counted) if counted[0] else None, "missed": missed_targets(records, answers),
             "reading": question_reading(records, answers), "labels": label_errors(records, answers, pairs),
             "vision": object_head_accuracy(model, directory, records, pairs=pairs)}
 
@@ -186,6 +187,13 @@ def _diagnosis_lines(diagnosis: dict) -> list[str]:
         lines.append(f"why counts miss ({counts['wrong']} of {counts['questions']} wrong): the count follows its own "
                      f"points {counts['follows_points']:.2f}, disagrees with them {counts['disagrees']:.2f}, no count "
                      f"{counts['no_count']:.2f}; below the truth {counts['too_low']:.2f}")
+    if diagnosis.get("missed", {}).get("targets"):
+        missed = diagnosis["missed"]
+        place = "  ".join(f"{k} {v:.3f}" for k, v in missed["missed_by_place"].items())
+        lines.append(f"which targets are missed ({missed['targets']} targets of questions with two or more): "
+                     f"{missed['missed']:.3f} in all; by place in the x-sorted list  {place}; sharing a column with "
+                     f"another target: {missed['column']['missed']:.2f} of the missed, {missed['column']['found']:.2f} "
+                     "of the found")
     if diagnosis.get("reading"):
         reading = diagnosis["reading"]
         lines.append(f"reads the question: same points for two questions about one image with different answers "
