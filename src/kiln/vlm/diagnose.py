@@ -82,15 +82,19 @@ def missed_targets(records: list[dict], answers: list[str]) -> dict:
             where = "first" if place == 0 else "last" if place == len(true) - 1 else "middle"
             found = any(in_mask(p, masks[i]) for p in to_pixels(pred, *masks[i].shape))
             kind = "found" if found else "missed"
-            tally[where] += 1
             tally[f"{where}_{kind}"] += 1
-            tally[kind] += 1
             tally[f"{kind}_column"] += min(abs(true[i][0] - true[j][0]) for j in range(len(true)) if j != i) <= COLUMN
-    targets = tally["found"] + tally["missed"]
-    return {"targets": targets, "missed": tally["missed"] / targets if targets else 0.0,
-            "missed_by_place": {w: tally[f"{w}_missed"] / tally[w] if tally[w] else 0.0
-                                for w in ("first", "middle", "last")},
-            "column": {k: tally[f"{k}_column"] / tally[k] if tally[k] else 0.0 for k in ("missed", "found")}}
+    places = ("first", "middle", "last")
+    by_kind = {k: sum(tally[f"{w}_{k}"] for w in places) for k in ("found", "missed")}
+    targets = sum(by_kind.values())
+    return {"targets": targets, "missed": by_kind["missed"] / targets if targets else 0.0,
+            "missed_by_place": {w: _share(tally[f"{w}_missed"], tally[f"{w}_missed"] + tally[f"{w}_found"])
+                                for w in places},
+            "column": {k: _share(tally[f"{k}_column"], by_kind[k]) for k in ("missed", "found")}}
+
+
+def _share(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
 
 
 def question_reading(records: list[dict], answers: list[str]) -> dict:
