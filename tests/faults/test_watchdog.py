@@ -127,3 +127,26 @@ def test_hung_process_exits_75_and_the_supervisor_restarts_it(tmp_path):
     (record,) = [json.loads(line) for line in (tmp_path / RESTARTS_FILE).read_text().splitlines()]
     assert record["exit_code"] == EXIT_CODE_HUNG and record["action"] == "restart"
     assert "past the hard timeout 0.2 s" in record["cause"][-1]
+
+
+def test_callback_spares_a_resumed_process_its_compiling_first_step():
+    """A resumed run knows its typical step time, but its first step compiles: only the second may warn."""
+    from types import SimpleNamespace
+
+    from kiln.train.callbacks import WatchdogCallback
+
+    clock = FakeClock()
+    history, _, _ = make_watchdog(clock)
+    run_steps(history, clock, [1.0, 1.0, 1.0])
+    callback = WatchdogCallback(SimpleNamespace(enabled=False, slow_factor=3.0, hard_timeout_s=100.0))
+    callback.watchdog, warnings, exits = make_watchdog(clock)
+    callback.load_state_dict(history.state_dict())
+    trainer = SimpleNamespace(state=SimpleNamespace(step=3))
+    callback.on_fit_start(trainer)
+    for step, seconds in ((4, 40.0), (5, 4.0)):
+        callback.on_step_start(trainer)
+        clock.now += seconds
+        callback.watchdog.check()
+        trainer.state.step = step
+        callback.on_step_end(trainer, {"step_time": seconds})
+    assert len(warnings) == 1 and "step 5 has run for 4.0 s" in warnings[0] and not exits

@@ -179,22 +179,26 @@ class Checkpointer(Callback):
 class WatchdogCallback(Callback):
     """Runs `kiln.faults.watchdog.Watchdog`: the first callback, so a slow step is judged by data + forward +
     backward + update alone; the other callbacks (evaluation, checkpoint writes) are then watched for the hard
-    timeout only, since their length has no typical value to compare with."""
+    timeout only, since their length has no typical value to compare with. So is a process's first step: it
+    compiles and warms caches, and a resumed run (which restores the step times) would otherwise dump every
+    thread's stack at each restart."""
 
     def __init__(self, cfg) -> None:
         from kiln.faults.watchdog import Watchdog
 
-        self.enabled = cfg.enabled
+        self.enabled, self.first_step = cfg.enabled, True
         self.watchdog = Watchdog(slow_factor=cfg.slow_factor, hard_timeout_s=cfg.hard_timeout_s)
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        self.first_step = True
         if self.enabled:
             self.watchdog.start()
 
     def on_step_start(self, trainer: Trainer) -> None:
-        self.watchdog.on_step_start(trainer.state.step + 1)
+        self.watchdog.on_step_start(trainer.state.step + 1, warn_slow=not self.first_step)
 
     def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        self.first_step = False
         self.watchdog.on_step_end(metrics["step_time"])
         self.watchdog.on_step_start(trainer.state.step, warn_slow=False)
 
