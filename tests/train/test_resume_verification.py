@@ -69,3 +69,12 @@ def test_asynchronous_checkpoints_are_complete_and_equal_to_synchronous_ones(tin
     assert not list((tmp_path / "async").glob(".tmp-*"))
     resumed = build_run(tiny_config(tiny_dataset, tmp_path / "async", trainer={"steps": 8}))
     assert resumed.resumed_from.name == "step000006"
+
+
+def test_a_resume_that_regroups_the_optimizer_is_refused_by_name(tiny_dataset, finished_run):
+    """torch would load the old groups into the new ones and fail at the first step with a bare KeyError."""
+    from kiln.errors import KilnError
+
+    with pytest.raises(KilnError, match=r"parameters sit in other groups.*norm.*\(group 0 -> 1\).*optim\.decay_"):
+        build_run(tiny_config(tiny_dataset, finished_run, optim={"decay_norms": False}))
+    assert build_run(tiny_config(tiny_dataset, finished_run)).trainer.state.step == 6  # same groups: resumes

@@ -213,8 +213,40 @@ def check_same_shape(path: Path, cfg: ModelConfig, model: nn.Module) -> None:
     raise KilnError(f"cannot resume from {path}: the model changed ({', '.join(changed)}). Tensors: {detail}")
 
 
+def saved_group_names(path: Path) -> list[list[str]] | None:
+    """The parameter names of each optimizer group a checkpoint holds; None when it holds no names."""
+    keys = dcp.FileSystemReader(str(path / "dcp")).read_metadata().state_dict_metadata
+    count = sum(1 for key in keys if key.startswith("optim.param_groups.") and key.endswith(".names"))
+    if not count:
+        return None
+    state = {"optim": {"param_groups": [{"names": []} for _ in range(count)]}}
+    with _single_process_quiet():
+        dcp.load(state, checkpoint_id=str(path / "dcp"))
+    return [list(group["names"]) for group in state["optim"]["param_groups"]]
+
+
+def check_optimizer_groups(path: Path, optimizer: torch.optim.Optimizer) -> None:
+    """Refuse, by name, a checkpoint whose optimizer groups hold other parameters than this run's.
+
+    torch loads such a state without complaint and leaves groups without their settings (a KeyError at the first
+    step); it happens when a resume changes optim.decay_* or a Kiln version regroups parameters.
+    """
+    saved = saved_group_names(path)
+    current = [list(group.get("names", [])) for group in optimizer.param_groups]
+    if saved is None or saved == current:
+        return
+    where = {name: index for index, names in enumerate(saved) for name in names}
+    now = {name: index for index, names in enumerate(current) for name in names}
+    moved = [f"{name} (group {where.get(name)} -> {now.get(name)})" for name in sorted(set(where) | set(now))
+             if where.get(name) != now.get(name)]
+    raise KilnError(f"cannot resume the optimizer from {path}: {len(moved)} parameters sit in other groups than "
+                    f"when it was saved: {', '.join(moved[:8])}{' ...' if len(moved) > 8 else ''}. Resume with the "
+                    f"optim.decay_* settings and the Kiln version that wrote it")
+
+
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Load model, optimizer and RNG states in place; return the saved train state."""
+    check_optimizer_groups(path, optimizer)
     state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
     with _single_process_quiet():
         dcp.load(state, checkpoint_id=str(path / "dcp"))
