@@ -113,7 +113,7 @@ def test_a_run_continues_on_new_data_from_another_runs_checkpoint(data, tmp_path
     assert _train(other, tmp_path / "refused", 6, *fork) == 2
     assert "checkpoint.init_data_position=false" in capsys.readouterr().err
     assert _train(other, tmp_path / "second", 6, *fork, "--checkpoint.init_data_position=false") == 0
-    assert f"(starting from {tmp_path / 'first' / 'step000004'} (checkpoint.init_from))" in capsys.readouterr().out
+    assert f"(starting from {tmp_path / 'first' / 'step000004'} by checkpoint.init_from)" in capsys.readouterr().out
     assert [m["step"] for m in _metrics(tmp_path / "second")] == [5, 6]
     assert len(load_split(other, "train")) != len(load_split(data, "train"))
 

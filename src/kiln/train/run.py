@@ -338,7 +338,7 @@ def start_point(run: Run) -> str:
     if run.resumed_from is None:
         return "from scratch"
     if run.cfg.checkpoint.init_from and run.resumed_from == Path(run.cfg.checkpoint.init_from):
-        return f"starting from {run.resumed_from} (checkpoint.init_from)"
+        return f"starting from {run.resumed_from} by checkpoint.init_from"
     return f"resuming {run.resumed_from}"
 
 
