@@ -55,6 +55,12 @@ def test_a_second_point_on_the_target_is_beside_it_not_a_hit():
     assert landings(record, [(24.0, 24.0), (30.0, 30.0)]) == ["hit", "beside_target"]
 
 
+def test_a_second_point_inside_a_taken_target_is_a_duplicate():
+    record = _record({"colour": "red", "shape": "star"}, OBJECTS, [0])
+    # Both points fall in the star's 2 x 2 box (pixels 4-5); the match gives it the first, the other is a duplicate.
+    assert landings(record, [(24.0, 24.0), (28.0, 28.0), (74.0, 26.0)]) == ["hit", "duplicate", "wrong_shape"]
+
+
 def test_a_target_named_by_shape_only_accepts_any_colour():
     record = _record({"colour": None, "shape": "star"}, OBJECTS, [0, 2])
     assert landings(record, [(35.0, 75.0)]) == ["beside_target"]  # the blue star, outside its 2 x 2 box
@@ -67,7 +73,7 @@ def test_point_errors_share_out_answers_by_number_and_points_by_landing():
     out = point_errors([record] * 4, [right, too_many, "There are none.", "<point x="])
     assert out["answers"] == 4 and out["points"] == 3
     assert out["number"] == {"right": 0.25, "too_many": 0.25, "too_few": 0.25, "malformed": 0.25}
-    assert out["landing"] == pytest.approx({"hit": 2 / 3, "beside_target": 0.0, "wrong_shape": 1 / 3,
+    assert out["landing"] == pytest.approx({"hit": 2 / 3, "duplicate": 0.0, "beside_target": 0.0, "wrong_shape": 1 / 3,
                                             "wrong_colour": 0.0, "wrong_object": 0.0, "background": 0.0})
 
 

@@ -24,7 +24,7 @@ from kiln.vlm.scenes import SHAPES
 from kiln.vlm.synth import record_masks
 
 NEAR = 10.0  # percent of the image: a wrong point farther than this from every object's point is "background"
-LANDINGS = ("hit", "beside_target", "wrong_shape", "wrong_colour", "wrong_object", "background")
+LANDINGS = ("hit", "duplicate", "beside_target", "wrong_shape", "wrong_colour", "wrong_object", "background")
 
 
 def point_errors(records: list[dict], answers: list[str]) -> dict:
@@ -144,11 +144,18 @@ def label_errors(records: list[dict], answers: list[str], pairs: set[tuple[str, 
 
 
 def landings(record: dict, pred: list[tuple[float, float]]) -> list[str]:
-    """Where each predicted point lands: a hit (Molmo's: matched to a target and inside its mask), beside a target
-    (nearest object is one asked for, but the point is not a hit), or nearest an object of the wrong shape, colour
-    or both, or on the background (no object's point within NEAR percent)."""
-    hits = hit_points(pred, [tuple(p) for p in record["points"]], list(record_masks(record)))
-    return ["hit" if i in hits else _miss(record, point) for i, point in enumerate(pred)]
+    """Where each predicted point lands: a hit (Molmo's: matched to a target and inside its mask), a duplicate
+    (inside a target's mask, but the match gave that target another point), beside a target (nearest object is one
+    asked for, but the point is not in a target), or nearest an object of the wrong shape, colour or both, or on the
+    background (no object's point within NEAR percent)."""
+    masks = list(record_masks(record))
+    hits = hit_points(pred, [tuple(p) for p in record["points"]], masks)
+    return ["hit" if i in hits else "duplicate" if _in_a_target(point, masks) else _miss(record, point)
+            for i, point in enumerate(pred)]
+
+
+def _in_a_target(point: tuple[float, float], masks: list[np.ndarray]) -> bool:
+    return bool(masks) and any(in_mask(to_pixels([point], *mask.shape)[0], mask) for mask in masks)
 
 
 def _miss(record: dict, point: tuple[float, float]) -> str:
