@@ -155,7 +155,7 @@ def landings(record: dict, pred: list[tuple[float, float]]) -> list[str]:
 
 
 def _in_a_target(point: tuple[float, float], masks: list[np.ndarray]) -> bool:
-    return bool(masks) and any(in_mask(to_pixels([point], *mask.shape)[0], mask) for mask in masks)
+    return any(in_mask(to_pixels([point], *mask.shape)[0], mask) for mask in masks)
 
 
 def _miss(record: dict, point: tuple[float, float]) -> str:
