@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from kiln.model import ModelConfig
-from kiln.model.transformer import Block, RMSNorm, apply_rope, rope_tables
+from kiln.model.norms import RMSNorm
+from kiln.model.transformer import Block, apply_rope, rope_tables
 
 SMALL = dict(vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=128)
 

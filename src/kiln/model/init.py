@@ -24,12 +24,16 @@ four hidden matrices' stds are then divided by sqrt(m): see kiln.model.mup for t
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from kiln.model.config import ModelConfig
-from kiln.model.transformer import LayerNorm, RMSNorm, Transformer
+from kiln.model.norms import LayerNorm, RMSNorm
+
+if TYPE_CHECKING:
+    from kiln.model.transformer import Transformer
 
 
 def trunc_normal_(tensor: torch.Tensor, std: float, generator: torch.Generator | None = None) -> None:
