@@ -225,18 +225,17 @@ def _restricted(config: dict, keys_of: dict) -> dict:
     return {k: _restricted(config[k], v) if isinstance(v, dict) else config.get(k) for k, v in keys_of.items()}
 
 
-def test_the_pointing_recipe_is_the_documented_run_20_bar_its_folder_and_fork():
+def test_the_pointing_recipe_is_the_documented_run_19_bar_its_folder_and_kept_checkpoint():
     """recipes/vlm/pointing.yaml reproduces the run docs/vlm.md reports (its config.yaml, committed beside it): every
-    setting run 20 had, defaults included, is the recipe's too; settings added since are not in question. Run 20
-    forked run 19 at step 5,000 (run 19 had the recipe's settings but the length, which a WSD schedule only reads
-    from its decay on) and evaluated every 1,000 steps after, which draws no random numbers."""
+    setting run 19 had, defaults included, is the recipe's too; settings added since are not in question. Run 19
+    also kept its step-5,000 checkpoint for run 20's fork, which changes no training."""
     import yaml
 
     root = Path(__file__).parents[2]
     recipe = load_vlm_config(root / "recipes/vlm/pointing.yaml").to_dict()
-    run20 = yaml.safe_load((root / "docs/vlm/run20/config.yaml").read_text())
+    run19 = yaml.safe_load((root / "docs/vlm/run19/config.yaml").read_text())
     assert recipe["trainer"].pop("run_dir") == "runs/vlm-pointing"
-    run20["trainer"].pop("run_dir")
-    assert run20["checkpoint"]["init_from"] == "runs/vlm19/step005000" and run20["eval"]["every"] == 1000
-    run20["checkpoint"]["init_from"], run20["eval"]["every"] = None, recipe["eval"]["every"]
-    assert _restricted(recipe, run20) == run20
+    assert run19["trainer"].pop("run_dir") == "runs/vlm19"
+    assert run19["checkpoint"]["keep_steps"] == [5000]
+    run19["checkpoint"]["keep_steps"] = recipe["checkpoint"]["keep_steps"]
+    assert _restricted(recipe, run19) == run19
