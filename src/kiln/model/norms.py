@@ -62,6 +62,7 @@ class LayerNorm(nn.LayerNorm):
 
 
 def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    """The norm `cfg.norm` names, `dim` wide, with the config's eps, affine and bias."""
     if cfg.norm == "rmsnorm":
         return RMSNorm(dim, cfg.norm_eps, affine=cfg.norm_affine)
     return LayerNorm(dim, eps=cfg.norm_eps, elementwise_affine=cfg.norm_affine, bias=cfg.norm_bias)
