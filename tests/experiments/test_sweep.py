@@ -12,9 +12,8 @@ import yaml
 
 from kiln.cli import main
 from kiln.errors import KilnError
+from kiln.experiments.jobs import Job, Variation
 from kiln.experiments.sweep import (
-    Job,
-    Variation,
     parse_grid,
     plan_sweep,
     run_variations,

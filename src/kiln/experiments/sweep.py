@@ -16,13 +16,13 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from kiln.config import parse_overrides
 from kiln.errors import KilnError
+from kiln.experiments.jobs import LINK, SEED_KEY, Job, Outcome, Variation
 from kiln.experiments.runlog import METRICS_FILE, read_run, summarize
 from kiln.experiments.sweep_progress import LOG_FILE, SweepProgress
 from kiln.train.config import load_config
@@ -30,8 +30,7 @@ from kiln.train.config import load_config
 PROGRESS_MODES = ("auto", "bar", "lines")
 # seconds between looks at the running children's metrics: a terminal bar is cheap to redraw, a log line is not
 BAR_EVERY_S, LINES_EVERY_S = 1.0, 30.0
-SEED_KEY, RUN_DIR_KEY = "trainer.seed", "trainer.run_dir"
-LINK = ":"  # `--grid model.d_model:model.d_ff=64:256,128:512` moves two keys together
+RUN_DIR_KEY = "trainer.run_dir"
 # (summary key from kiln.experiments.runlog.summarize, column heading) after name, grid keys, seed and status
 RESULT_COLUMNS = [
     ("final_val_loss", "final_val_loss"), ("spike_score_cum", "spike_score_cum"),
@@ -40,38 +39,6 @@ RESULT_COLUMNS = [
 # shown only when some variation has them: bits per byte over the whole held-out split (eval.full_at_end), and
 # the seconds `kiln train` took (absent for variations finished by an earlier sweep)
 OPTIONAL_COLUMNS = ["held_out_bpb", "wall_s"]
-
-
-@dataclass(frozen=True)
-class Variation:
-    """One point of the grid with one seed; `values` are the grid values exactly as typed."""
-
-    name: str
-    values: dict[str, str]
-    seed: int
-
-    def overrides(self) -> list[str]:
-        pairs = [pair for key, value in self.values.items() for pair in zip(key.split(LINK), value.split(LINK))]
-        return [f"--{key}={value}" for key, value in pairs] + [f"--{SEED_KEY}={self.seed}"]
-
-
-@dataclass(frozen=True)
-class Job:
-    """A variation to train: its `kiln train` command, its run folder and its step count (to show progress)."""
-
-    variation: Variation
-    command: list[str]
-    run_dir: Path
-    steps: int
-
-
-@dataclass
-class Outcome:
-    variation: Variation
-    run_dir: Path
-    status: str  # ok, done (finished by an earlier sweep, not rerun), failed
-    exit_code: int | None = None
-    seconds: float | None = None
 
 
 def split_values(text: str) -> list[str]:

@@ -9,12 +9,9 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from kiln.experiments.jobs import Job, Outcome
 from kiln.train.metrics_log import METRICS_FILE
-
-if TYPE_CHECKING:
-    from kiln.experiments.sweep import Job, Outcome
 
 LOG_FILE = "train.log"
 

@@ -16,7 +16,8 @@ import yaml
 
 from kiln.config import merge
 from kiln.errors import KilnError
-from kiln.experiments.sweep import Job, Variation, is_finished, run_variations
+from kiln.experiments.jobs import Job, Variation
+from kiln.experiments.sweep import is_finished, run_variations
 from kiln.ladder.spec import LadderSpec, Rung, RunPlan, format_count, load_spec, plan_ladder, run_overrides
 from kiln.train.config import load_config
 
