@@ -192,6 +192,13 @@ def test_settings_a_vlm_run_cannot_honour_are_refused_by_name(data, tmp_path, ca
     assert named in capsys.readouterr().err and not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+def test_a_run_under_torchrun_is_refused_before_it_writes(data, tmp_path, capsys, monkeypatch):
+    """Two ranks would each train a copy and race on one run folder (a real torchrun crashed at its checkpoint)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _train(data, tmp_path / "run", 2) == 2
+    assert "torchrun started 2" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
 def test_a_whole_split_text_evaluation_is_refused_for_a_vlm(tmp_path, capsys):
     assert main(["vlm", "train", "--eval.full_at_end=true", f"--trainer.run_dir={tmp_path / 'r'}"]) == 2
     assert "eval.full_at_end" in capsys.readouterr().err

@@ -19,6 +19,7 @@ from kiln.distributed.setup import (
     gather_objects,
     init_distributed,
     is_rank0,
+    launched_ranks,
     local_rank,
     max_across_ranks,
     pick_device,
@@ -29,6 +30,6 @@ from kiln.distributed.setup import (
 )
 
 __all__ = ["background_group", "barrier", "clip_grad_norm", "exit_together", "gather_objects", "grad_sync",
-           "init_distributed", "is_rank0", "local_part", "local_rank", "max_across_ranks", "parallelize",
-           "pick_device", "rank", "resolve_strategy", "shutdown_distributed", "sum_across_ranks", "sum_over_shards",
-           "unwrap", "world_size"]
+           "init_distributed", "is_rank0", "launched_ranks", "local_part", "local_rank", "max_across_ranks",
+           "parallelize", "pick_device", "rank", "resolve_strategy", "shutdown_distributed", "sum_across_ranks",
+           "sum_over_shards", "unwrap", "world_size"]

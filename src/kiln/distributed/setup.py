@@ -31,6 +31,12 @@ def world_size() -> int:
     return dist.get_world_size() if is_initialized() else 1
 
 
+def launched_ranks() -> int:
+    """How many processes torchrun started for this job (WORLD_SIZE; 1 without torchrun), readable before the
+    process group is joined."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0))
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import torch
 
-from kiln.distributed import pick_device
+from kiln.distributed import launched_ranks, pick_device
 from kiln.faults.doctor import Probe, describe_platform, format_table, overall_status, run_checks
 
 
@@ -28,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def in_distributed_job() -> bool:
     import torch.distributed as dist
 
-    return dist.is_available() and (dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) > 1)
+    return dist.is_available() and (dist.is_initialized() or launched_ranks() > 1)
 
 
 def _join_job(device: torch.device) -> tuple[torch.device, bool]:

@@ -84,9 +84,10 @@ def _last_logged_step(run_dir: Path) -> int | None:
 
 def supervise_train(args: argparse.Namespace, run_dir: Path) -> int:
     """Run training as a child process that is restarted when it crashes (the config was checked above)."""
+    from kiln.distributed import launched_ranks
     from kiln.faults.supervisor import supervise
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launched_ranks() > 1:
         raise KilnError("--max-restarts supervises a single process; under torchrun use its own --max-restarts")
     argv = ([args.recipe] if args.recipe else []) + (["--resume"] if args.resume else []) + args.overrides
     return supervise(argv, run_dir, args.max_restarts, backoff_s=args.restart_backoff)

@@ -17,7 +17,7 @@ import yaml
 
 from kiln.config import ConfigKeyError, require, require_non_negative, require_positive
 from kiln.data.tokenizer import vocab_size
-from kiln.distributed import pick_device
+from kiln.distributed import launched_ranks, pick_device
 from kiln.errors import KilnError
 from kiln.model.config import flops_per_token
 from kiln.optim.adamw import build_adamw
@@ -138,6 +138,9 @@ def open_vlm_data(cfg: VLMTrainConfig) -> Path:
 
 def build_vlm_run(cfg: VLMTrainConfig, resume: bool | None = None) -> Run:
     """The model, loaders, callbacks and trainer of a VLM run, resumed from its newest checkpoint when it has one."""
+    if launched_ranks() > 1:  # each rank would train its own copy and all would write one run folder
+        raise KilnError(f"kiln vlm train runs in one process, but torchrun started {launched_ranks()} "
+                        "(WORLD_SIZE); run it without torchrun")
     tc = cfg.trainer
     device = pick_device(tc.device)
     if device.type == "cpu" and tc.threads:
